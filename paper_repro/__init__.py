@@ -1,0 +1,1 @@
+"""Table specifications shipped with coopnets (package data)."""

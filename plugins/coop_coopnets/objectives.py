@@ -1,0 +1,277 @@
+"""The learning algorithms of the CoopNets paper as `Objective`s.
+
+- `CoopNets`: Algorithm 3 (G0 -> D1 -> G1 -> D2 -> G2), with l_q = 0 (X = X^, the left diagram
+  of eq. 17, used in all the paper's experiments) or l_q > 0 (Langevin inference started at
+  X^, the right diagram), and several G2 steps per iteration.
+- `AlgorithmD`: Algorithm 1, the descriptor alone; chains initialised from observed data and
+  kept between iterations (persistent contrastive divergence, Section 2.1), or restarted from
+  the current batch each iteration (contrastive divergence).
+- `AlgorithmG`: Algorithm 2, alternating back-propagation for the generator alone, with one
+  persistent latent vector per training example.
+
+Losses follow the authors' code: descriptor mean f(syn) - mean f(obs) (minimised, the
+negative of eq. 8's ascent direction); generator sum over pixels of the batch mean of
+(Y~ - g(X))^2 / (2 sigma^2) (eq. 16 as a loss).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import attrs
+import torch
+from torch import Tensor
+
+from coopcore import Batch, ConfigError, Parts, StepResult, generator_log_joint, non_negative, positive
+
+
+def _reconstruction_loss(y: Tensor, recon: Tensor, sigma: float) -> Tensor:
+    """Sum over pixels of the batch-mean squared error, over 2 sigma^2."""
+    return (y - recon).pow(2).sum() / (y.shape[0] * 2.0 * sigma**2)
+
+
+def _descriptor_update(descriptor, optimizer, y_obs: Tensor, y_syn: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Step D2 (density shifting): minimise mean f(syn) - mean f(obs)."""
+    f_obs = descriptor.score(y_obs)
+    f_syn = descriptor.score(y_syn)
+    loss = f_syn.mean() - f_obs.mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), f_obs.detach(), f_syn.detach()
+
+
+def _grad_norm(module: torch.nn.Module) -> Tensor:
+    grads = [p.grad.detach().flatten() for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=next(module.parameters()).device)
+    return torch.cat(grads).norm()
+
+
+def _energy(descriptor, y: Tensor, f: Tensor) -> Tensor:
+    """E(Y) = ||Y||^2 / (2 s^2) - f(Y) from an already computed score (eq. 4)."""
+    if descriptor.reference_std is None:
+        return -f
+    return y.flatten(1).pow(2).sum(1) / (2.0 * descriptor.reference_std**2) - f
+
+
+# ---------------------------------------------------------------------------------------
+@attrs.frozen(kw_only=True)
+class CoopNetsOptions:
+    """CoopNets (TPAMI Algorithm 3)."""
+
+    # n~, the number of parallel chains per iteration; 0 = the batch size.
+    n_chains: int = attrs.field(default=0, validator=non_negative)
+    # l_q: Langevin inference steps in G1 (0 = infer X = X^, as in the paper's experiments).
+    inference_steps: int = attrs.field(default=0, validator=non_negative)
+    # Number of G2 updates per iteration ("to allow the generator to catch up").
+    generator_steps: int = attrs.field(default=1, validator=positive)
+    # Paper: Y^ = g(X^) + eps, eps ~ N(0, sigma^2); the authors' code omits eps (default).
+    init_noise: bool = False
+
+
+class CoopNets:
+    """Cooperative training of a descriptor and a generator by MCMC teaching."""
+
+    required_models = ("descriptor", "generator")
+    required_samplers = ("revision",)
+
+    def __init__(self, options: CoopNetsOptions, parts: Parts) -> None:
+        self.options = options
+        self.descriptor = parts.models["descriptor"]
+        self.generator = parts.models["generator"]
+        self.opt_d = parts.optimizers["descriptor"]
+        self.opt_g = parts.optimizers["generator"]
+        self.revision = parts.samplers["revision"]
+        self.inference = parts.samplers.get("inference")
+        if options.inference_steps > 0 and self.inference is None:
+            raise ConfigError(
+                "objective.options.inference_steps",
+                "l_q > 0 needs a Langevin inference sampler under [samplers.inference]",
+            )
+
+    def _log_p(self, y: Tensor) -> Tensor:
+        return -self.descriptor.energy(y)
+
+    def generate(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Step G0: X^ ~ N(0, I), Y^ = g(X^) (+ eps if init_noise)."""
+        with torch.no_grad():
+            z = self.generator.sample_latent(n, generator)
+            y = self.generator(z)
+            if self.options.init_noise:
+                y = y + self.generator.sigma * torch.randn(y.shape, generator=generator, device=y.device)
+        return z, y
+
+    def step(self, batch: Batch, generator: torch.Generator) -> StepResult:
+        o = self.options
+        n = o.n_chains or batch.x.shape[0]
+        z, y_init = self.generate(n, generator)  # G0
+        revised = self.revision.run(self._log_p, y_init, generator)  # D1
+        y_syn = revised.samples
+        if o.inference_steps > 0:  # G1, right diagram of eq. 17
+            log_q = generator_log_joint(self.generator, y_syn, self.generator.sigma)
+            z = self.inference.run(log_q, z, generator, n_steps=o.inference_steps).samples
+        loss_d, f_obs, f_syn = _descriptor_update(self.descriptor, self.opt_d, batch.x, y_syn)  # D2
+        grad_d = _grad_norm(self.descriptor)
+        recon_before = None
+        for _ in range(o.generator_steps):  # G2
+            recon = self.generator(z)
+            loss_g = _reconstruction_loss(y_syn, recon, self.generator.sigma)
+            if recon_before is None:
+                recon_before = (y_syn - recon.detach()).pow(2).mean()
+            self.opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            self.opt_g.step()
+        scalars = {
+            "loss_descriptor": loss_d,
+            "loss_generator": loss_g.detach(),
+            "score_obs": f_obs.mean(),
+            "score_syn": f_syn.mean(),
+            "energy_obs": _energy(self.descriptor, batch.x, f_obs).mean(),
+            "energy_syn": _energy(self.descriptor, y_syn, f_syn).mean(),
+            "recon_mse": recon_before,
+            "revision_change": (y_syn - y_init).pow(2).mean(),
+            "grad_norm_descriptor": grad_d,
+            "grad_norm_generator": _grad_norm(self.generator),
+        }
+        if revised.grad_norms.numel():
+            scalars["langevin_grad_norm"] = revised.grad_norms[-1]
+            scalars["langevin_energy_start"] = revised.energies[0]
+            scalars["langevin_energy_end"] = revised.energies[-1]
+        return StepResult(scalars=scalars, histograms={"score_obs": f_obs, "score_syn": f_syn})
+
+    def samples(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
+        _, y_init = self.generate(n, generator)
+        revised = self.revision.run(self._log_p, y_init, generator)
+        return {"generator": y_init, "revised": revised.samples.detach()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        return None
+
+
+# ---------------------------------------------------------------------------------------
+@attrs.frozen(kw_only=True)
+class AlgorithmDOptions:
+    """Algorithm D (TPAMI Algorithm 1): descriptor learning by (persistent) contrastive divergence."""
+
+    # Number of chains; 0 = the batch size.
+    n_chains: int = attrs.field(default=0, validator=non_negative)
+    # True: chains persist across iterations (PCD); False: restart from the batch (CD).
+    persistent: bool = True
+
+
+class AlgorithmD:
+    """Descriptor alone: Langevin revision (D1) then density shifting (D2)."""
+
+    required_models = ("descriptor",)
+    required_samplers = ("revision",)
+
+    def __init__(self, options: AlgorithmDOptions, parts: Parts) -> None:
+        self.options = options
+        self.descriptor = parts.models["descriptor"]
+        self.opt_d = parts.optimizers["descriptor"]
+        self.revision = parts.samplers["revision"]
+        self.chains: Optional[Tensor] = None
+
+    def _log_p(self, y: Tensor) -> Tensor:
+        return -self.descriptor.energy(y)
+
+    def _init_from(self, x: Tensor, n: int) -> Tensor:
+        reps = -(-n // x.shape[0])
+        return x.repeat(reps, *([1] * (x.dim() - 1)))[:n].clone()
+
+    def step(self, batch: Batch, generator: torch.Generator) -> StepResult:
+        n = self.options.n_chains or batch.x.shape[0]
+        if self.chains is None or not self.options.persistent:
+            self.chains = self._init_from(batch.x, n)
+        start = self.chains
+        out = self.revision.run(self._log_p, start, generator)  # D1
+        self.chains = out.samples.detach()
+        loss_d, f_obs, f_syn = _descriptor_update(self.descriptor, self.opt_d, batch.x, self.chains)  # D2
+        scalars = {
+            "loss_descriptor": loss_d,
+            "score_obs": f_obs.mean(),
+            "score_syn": f_syn.mean(),
+            "energy_obs": _energy(self.descriptor, batch.x, f_obs).mean(),
+            "energy_syn": _energy(self.descriptor, self.chains, f_syn).mean(),
+            "grad_norm_descriptor": _grad_norm(self.descriptor),
+        }
+        if out.grad_norms.numel():
+            scalars["langevin_grad_norm"] = out.grad_norms[-1]
+        return StepResult(scalars=scalars, histograms={"score_obs": f_obs, "score_syn": f_syn})
+
+    def samples(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
+        if self.chains is None:
+            raise RuntimeError("Algorithm D has no chains before its first iteration")
+        return {"chains": self._init_from(self.chains, n)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"chains": None if self.chains is None else self.chains.detach().cpu()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        chains = state.get("chains")
+        device = next(self.descriptor.parameters()).device
+        self.chains = None if chains is None else chains.to(device)
+
+
+# ---------------------------------------------------------------------------------------
+@attrs.frozen(kw_only=True)
+class AlgorithmGOptions:
+    """Algorithm G (TPAMI Algorithm 2): alternating back-propagation."""
+
+    # Keep one latent vector per training example and start each G1 from it (as in the
+    # alternating back-propagation paper); False restarts inference from N(0, I).
+    persistent_latents: bool = True
+
+
+class AlgorithmG:
+    """Generator alone: Langevin inference of X per example (G1), then reconstruction (G2)."""
+
+    required_models = ("generator",)
+    required_samplers = ("inference",)
+
+    def __init__(self, options: AlgorithmGOptions, parts: Parts) -> None:
+        self.options = options
+        self.generator = parts.models["generator"]
+        self.opt_g = parts.optimizers["generator"]
+        self.inference = parts.samplers["inference"]
+        self.n_train = parts.n_train
+        self.latents: Optional[Tensor] = None
+
+    def step(self, batch: Batch, generator: torch.Generator) -> StepResult:
+        g = self.generator
+        if self.latents is None:
+            self.latents = g.sample_latent(self.n_train, generator)
+        idx = batch.index.to(self.latents.device)
+        z0 = self.latents[idx] if self.options.persistent_latents else g.sample_latent(len(idx), generator)
+        out = self.inference.run(generator_log_joint(g, batch.x, g.sigma), z0, generator)  # G1
+        z = out.samples.detach()
+        self.latents[idx] = z
+        recon = g(z)  # G2
+        loss = _reconstruction_loss(batch.x, recon, g.sigma)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        scalars = {
+            "loss_generator": loss.detach(),
+            "recon_mse": (batch.x - recon.detach()).pow(2).mean(),
+            "latent_norm": z.flatten(1).norm(dim=1).mean(),
+            "grad_norm_generator": _grad_norm(g),
+        }
+        if out.grad_norms.numel():
+            scalars["langevin_grad_norm"] = out.grad_norms[-1]
+        return StepResult(scalars=scalars)
+
+    def samples(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
+        with torch.no_grad():
+            return {"generator": self.generator(self.generator.sample_latent(n, generator))}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"latents": None if self.latents is None else self.latents.detach().cpu()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        lat = state.get("latents")
+        device = next(self.generator.parameters()).device
+        self.latents = None if lat is None else lat.to(device)

@@ -1,0 +1,1 @@
+"""Built-in dataset plugin of coopnets: the embedded digits default and MNIST."""

@@ -1,0 +1,1 @@
+"""Recipes shipped with coopnets (package data)."""
