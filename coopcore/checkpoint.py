@@ -65,6 +65,8 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
     newline = raw.find(b"\n")
+    if newline < 0 and raw.startswith(MAGIC[: len(raw)]) and raw:
+        raise CheckpointError(f"{path} is truncated: its header is incomplete")
     if newline < 0 or not raw.startswith(MAGIC):
         raise CheckpointError(f"{path} is not a coopnets checkpoint (bad header)")
     try:

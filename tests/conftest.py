@@ -1,0 +1,67 @@
+"""Shared fixtures.  Tests run against the installed package (non-editable in CI)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED_DATA = SHARED / "data"
+
+
+@pytest.fixture(autouse=True)
+def _threads_and_fresh_registries(monkeypatch):
+    """Deterministic, two-thread torch and freshly discovered plugins for every test."""
+    from coopcore.plugin_manager import reset_registries
+
+    torch.set_num_threads(2)
+    for var in ("COOP_DISABLE_PLUGIN_AUTOLOAD", "COOP_PLUGINS", "COOP_BLOCK_PLUGINS", "COOP_DATA"):
+        monkeypatch.delenv(var, raising=False)
+    reset_registries()
+    yield
+    reset_registries()
+
+
+@pytest.fixture
+def registries():
+    from coopcore.plugin_manager import get_registries
+
+    return get_registries()
+
+
+@pytest.fixture
+def shared_mnist() -> Path:
+    root = SHARED_DATA / "mnist"
+    if not (root / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip("../shared/data/mnist is not available")
+    return SHARED_DATA
+
+
+def run_cli(args: list[str]) -> int:
+    from coopcore.cli import main
+
+    return main([str(a) for a in args])
+
+
+def tiny_digits_overrides() -> list[str]:
+    """Small, fast settings for end-to-end tests on the embedded digits."""
+    return [
+        "data.batch_size=16",
+        "data.options.size=16",
+        "models.descriptor.name='coopnets.descriptor'",
+        "models.descriptor.options={input_shape=[1,16,16], channels=[8,16], kernels=[4,4], strides=[2,2], fc_outputs=10, reference_std=0.3}",
+        "models.generator.name='coopnets.generator'",
+        "models.generator.options={latent_dim=8, out_channels=1, sizes=[4,8,16], channels=[16,8], kernels=[4,4,4]}",
+        "samplers.revision.options.n_steps=3",
+        "run.tensorboard=false",
+        "run.log_every=1",
+        "run.sample_every=0",
+        "run.sample_count=4",
+    ]
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("CI") == "true":
+        return
