@@ -28,7 +28,7 @@ from .build import Experiment
 from .checkpoint import CheckpointDir
 from .config import config_hash, unstructure
 from .data import BatchSchedule
-from .errors import RunFailure, UsageError
+from .errors import CoopError, RunFailure, UsageError
 from .images import save_grid
 from .metrics import EvalContext, MetricResult
 from .protocols import Batch
@@ -41,7 +41,7 @@ RESUMABLE_CHANGES = {"run.iterations", "run.log_every", "run.sample_every", "run
                      "run.tensorboard", "run.threads", "data.root"}
 
 
-class Interrupted(Exception):
+class Interrupted(CoopError):
     """Training stopped on request (Ctrl-C) after saving a checkpoint."""
 
     def __init__(self, checkpoint: Optional[Path], iteration: int) -> None:
