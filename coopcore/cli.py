@@ -51,6 +51,7 @@ def cli() -> None:
       coop eval runs/RUN --metric parzen    evaluate a trained run
       coop repro table2 --scale smoke       reproduce a paper table (paper's numbers beside ours)
       coop plugins                          list plugins and what they register
+      coop bench                            time the Langevin loop against a plain eager loop
     """
 
 
@@ -279,6 +280,34 @@ def repro_cmd(table: Optional[str], paper: Optional[str], scale: str, out: Optio
     _echo((out / "report.md").read_text())
     click.echo(str(out / "results.json"))
     del results
+
+
+# ---------------------------------------------------------------------------------------
+@cli.command("bench")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--batch", type=click.IntRange(1), default=100, show_default=True, help="Chains per run.")
+@click.option("--steps", type=click.IntRange(1), default=10, show_default=True, help="Langevin steps per run.")
+@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True, help="Timed repetitions.")
+@click.option("--descriptor", default="coopnets.descriptor.mnist", show_default=True, help="Registered energy model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def bench_cmd(device: str, batch: int, steps: int, repeats: int, descriptor: str, as_json: bool) -> None:
+    """Time the Langevin revision loop against a plain eager loop written like the papers' code."""
+    from .bench import run_bench
+    from .build import pick_device
+
+    if descriptor not in _registries().energy:
+        raise UsageError(f"--descriptor: unknown energy model '{descriptor}' (see `coop plugins`)")
+    res = run_bench(pick_device(device), batch, steps, repeats, descriptor)
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+        return
+    click.echo(
+        f"Langevin revision, {descriptor}, batch {batch}, {steps} steps on {res['device']} ({res['device_name']}, "
+        f"torch {res['torch']}, {res['threads']} threads), median of {repeats}:\n"
+        f"  coopnets sampler : {res['framework_s_median'] * 1e3:8.2f} ms\n"
+        f"  eager baseline   : {res['baseline_s_median'] * 1e3:8.2f} ms\n"
+        f"  baseline / coopnets = {res['speedup_baseline_over_framework']:.2f}x"
+    )
 
 
 # ---------------------------------------------------------------------------------------
