@@ -16,7 +16,7 @@ def _threads_and_fresh_registries(monkeypatch):
     """Deterministic, two-thread torch and freshly discovered plugins for every test."""
     from coopcore.plugin_manager import reset_registries
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("COOP_TEST_THREADS", "2")))
     for var in ("COOP_DISABLE_PLUGIN_AUTOLOAD", "COOP_PLUGINS", "COOP_BLOCK_PLUGINS", "COOP_DATA"):
         monkeypatch.delenv(var, raising=False)
     reset_registries()

@@ -1,0 +1,1 @@
+"""An example third-party coopnets plugin (a separate package, found through its entry point)."""
