@@ -199,7 +199,7 @@ def sample_cmd(run: Path, n: int, out: Optional[Path], seed: int, device: Option
     gen = make_generator(seed, exp.device)
     named = exp.objective.samples(n, gen)
     for kind, images in named.items():
-        p = save_grid(images, out / f"sample-iter-{trainer.iteration:08d}-{kind}-seed{seed}.png", scale=2)
+        p = save_grid(images, out / f"sample-iter-{trainer.iteration:08d}-{kind}-seed{seed}.png")
         click.echo(str(p))
 
 

@@ -66,7 +66,8 @@ def _convert(tp: Any, value: Any, path: str, source: Optional[str]) -> Any:
         return value
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None and type(None) in args:
+        # TOML has no null: the string "none" stands for None in optional fields.
+        if type(None) in args and (value is None or value == "none"):
             return None
         errors = []
         for arg in args:

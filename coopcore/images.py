@@ -31,9 +31,17 @@ def make_grid(images: Tensor, nrow: Optional[int] = None, padding: int = 2, valu
     return arr[:, :, 0] if c == 1 else arr[:, :, :3]
 
 
-def save_grid(images: Tensor, path: Path, nrow: Optional[int] = None, scale: int = 1, value_range=(-1.0, 1.0)) -> Path:
+def display_scale(images: Tensor) -> int:
+    """An integer upscaling that makes small images visible (16 px -> 8x, 28 -> 4x, 64 -> 2x)."""
+    side = int(images.shape[-1])
+    return max(1, 128 // max(side, 1))
+
+
+def save_grid(images: Tensor, path: Path, nrow: Optional[int] = None, scale: Optional[int] = None,
+              value_range=(-1.0, 1.0)) -> Path:
     from PIL import Image
 
+    scale = display_scale(images) if scale is None else scale
     arr = make_grid(images, nrow=nrow, value_range=value_range)
     img = Image.fromarray(arr)
     if scale > 1:

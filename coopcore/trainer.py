@@ -216,7 +216,7 @@ class Trainer:
         paths = []
         tb = self._tb()
         for kind, images in named.items():
-            p = save_grid(images, self.run_dir / "samples" / f"iter-{self.iteration:08d}-{kind}.png", scale=2)
+            p = save_grid(images, self.run_dir / "samples" / f"iter-{self.iteration:08d}-{kind}.png")
             paths.append(p)
             if tb is not None and images.dim() == 4:
                 from .images import make_grid

@@ -107,3 +107,12 @@ def test_unknown_table_and_device(capsys, tmp_path):
     assert "coopnets:table2" in capsys.readouterr().err
     assert run_cli(["train", "coopnets-digits", "--device", "tpu", "--out", tmp_path / "r"]) == 2
     assert "'run.device'" in capsys.readouterr().err
+
+
+def test_none_string_sets_optional_fields():
+    from coop_coopnets.networks import ConvDescriptorOptions
+
+    opts = structure(ConvDescriptorOptions, {"reference_std": "none", "init_std": "none"})
+    assert opts.reference_std is None and opts.init_std is None
+    with pytest.raises(ConfigError, match="'fc_outputs'"):
+        structure(ConvDescriptorOptions, {"fc_outputs": "none"})

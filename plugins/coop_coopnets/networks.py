@@ -55,7 +55,11 @@ def transposed_padding(size_in: int, size_out: int, kernel: int) -> tuple[int, i
     return stride, pad, out_pad
 
 
-def _init_normal(module: nn.Module, std: float) -> None:
+def _init_normal(module: nn.Module, std: Optional[float]) -> None:
+    if std is None:
+        return
+    if not std > 0:
+        raise ValueError(f"'init_std' must be > 0 or omitted, got {std}")
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Conv3d, nn.ConvTranspose3d)):
             nn.init.normal_(m.weight, 0.0, std)
@@ -84,8 +88,8 @@ class ConvDescriptorOptions:
     fc_outputs: int = attrs.field(default=100, validator=positive)
     activation: Literal["leaky_relu", "relu", "elu", "swish"] = "leaky_relu"
     leak: float = attrs.field(default=0.2, validator=non_negative)
-    # Code: N(0, 0.01); paper: N(0, 0.001).
-    init_std: float = attrs.field(default=0.01, validator=positive)
+    # Weights ~ N(0, init_std): code 0.01, paper 0.001; None keeps PyTorch's default init.
+    init_std: Optional[float] = 0.01
     # s of the Gaussian reference distribution (eq. 3); None = flat reference.
     reference_std: Optional[float] = 0.016
 
@@ -137,7 +141,8 @@ class ConvGeneratorOptions:
     leak: float = attrs.field(default=0.2, validator=non_negative)
     batch_norm: bool = True
     output: Literal["tanh", "none"] = "tanh"
-    init_std: float = attrs.field(default=0.005, validator=positive)
+    # Weights ~ N(0, init_std) (code 0.005); None keeps PyTorch's default init.
+    init_std: Optional[float] = 0.005
     # sigma of the observation noise (eq. 11).
     sigma: float = attrs.field(default=0.3, validator=positive)
 

@@ -129,7 +129,6 @@ class CoopNets:
             "energy_obs": _energy(self.descriptor, batch.x, f_obs).mean(),
             "energy_syn": _energy(self.descriptor, y_syn, f_syn).mean(),
             "recon_mse": recon_before,
-            "revision_change": (y_syn - y_init).pow(2).mean(),
             "grad_norm_descriptor": grad_d,
             "grad_norm_generator": _grad_norm(self.generator),
         }
