@@ -126,6 +126,7 @@ def train_cmd(recipe: str, overrides: tuple[str, ...], out: Optional[Path], resu
     exp = build_experiment(cfg, _registries(), dev, data_root)
     _echo(f"training {path.name} on {dev} -> {run_dir}")
     trainer = Trainer(exp, run_dir, progress=False if no_progress else None, resume=resume, echo=_echo)
+    start_iteration = trainer.iteration
     try:
         summary = trainer.fit()
     except (CoopError, KeyboardInterrupt):
@@ -137,7 +138,9 @@ def train_cmd(recipe: str, overrides: tuple[str, ...], out: Optional[Path], resu
             f"(traceback in {run_dir / 'error.log'})", run_dir, trainer.last_checkpoint,
         ) from exc
     shown = ", ".join(f"{k}={v:.4g}" for k, v in list(summary.last_scalars.items())[:6])
-    _echo(f"done: {summary.iterations} iterations in {summary.seconds:.1f} s ({shown})")
+    done_now = max(1, summary.iterations - start_iteration)
+    _echo(f"done: {summary.iterations} iterations in {summary.seconds:.1f} s "
+          f"({summary.seconds / done_now:.3f} s/iteration; {shown})")
     _echo(f"samples: {run_dir / 'samples'}  checkpoint: {summary.checkpoint}")
     click.echo(str(run_dir))
 
