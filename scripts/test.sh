@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test suite: set up (first time only), install the example third-party plugin as a
 # separate package, then run pytest against the installed (non-editable) coopnets.
-# Extra arguments go to pytest (e.g. -m heavy for the long checks).
+# Extra arguments go to pytest (e.g. -k checkpoint).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$repo/scripts/setup-env.sh" test
