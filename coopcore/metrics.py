@@ -57,6 +57,13 @@ class EvalContext:
     train_dataset: Any = None
     progress: Callable[[str], None] = lambda message: None
 
+    def build_dataset(self, name: str, options: dict[str, Any], path: str = "dataset") -> Any:
+        """A registered dataset (e.g. a metric's test or reference set), validated like a recipe's
+        ``[data]``; `path` names the option in error messages."""
+        from .build import build_dataset
+
+        return build_dataset(self.registries, name, options, self.data_root, path)
+
 
 @runtime_checkable
 class Metric(Protocol):

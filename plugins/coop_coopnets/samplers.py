@@ -105,6 +105,8 @@ class Langevin:
                 proposal = proposal + (noise if m is None else noise * m)
             if o.clip is not None:
                 proposal = proposal.clamp(o.clip[0], o.clip[1])
+                if m is not None:  # entries outside the mask keep their value, clipped or not
+                    proposal = torch.where(m > 0, proposal, x)
             if use_mh:
                 lp_new, grad_new = value_and_grad(log_density, proposal)
                 x, lp, grad, rate = self._metropolis(x, lp, grad, proposal, lp_new, grad_new, h, sd, m, generator)

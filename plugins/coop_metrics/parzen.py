@@ -87,9 +87,7 @@ class Parzen:
         self.options = options
 
     def _dataset(self, ctx: EvalContext, ref: DatasetRef, path: str) -> Tensor:
-        from coopcore.build import build_dataset
-
-        ds = build_dataset(ctx.registries, ref.name, ref.options, ctx.data_root, path)
+        ds = ctx.build_dataset(ref.name, ref.options, path)
         return ds.get_batch(torch.arange(len(ds)))
 
     def compute(self, context: EvalContext) -> MetricResult:
