@@ -6,20 +6,13 @@ import json
 import pytest
 import torch
 
-from conftest import run_cli, tiny_digits_overrides
+from conftest import run_cli, train_tiny_run
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    from coopcore.plugin_manager import reset_registries
-
-    reset_registries()
     out = tmp_path_factory.mktemp("e2e") / "run"
-    sets = [x for s in tiny_digits_overrides() for x in ("--set", s)]
-    code = run_cli(["train", "coopnets-digits", "--out", out, "--no-progress", *sets, "--set", "run.iterations=4",
-                    "--set", "run.checkpoint_every=2", "--set", "run.sample_every=2"])
-    assert code == 0
-    return out
+    return train_tiny_run(out, 4, ("--set", "run.checkpoint_every=2", "--set", "run.sample_every=2"))
 
 
 def test_train_writes_a_complete_run_directory(trained_run):

@@ -19,7 +19,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from conftest import run_cli, tiny_digits_overrides
+from conftest import run_cli, train_tiny_run
 from coop_metrics import inception as inc
 from coop_metrics.parzen import DatasetRef
 from coop_metrics.fid import (
@@ -399,13 +399,7 @@ def test_kid_and_inception_score_metrics(registries, stand_in_backend, tmp_path)
 # end to end
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from coopcore.plugin_manager import reset_registries
-
-    reset_registries()
-    out = tmp_path_factory.mktemp("fid") / "run"
-    sets = [x for s in tiny_digits_overrides() for x in ("--set", s)]
-    assert run_cli(["train", "coopnets-digits", "--out", out, "--no-progress", *sets, "--set", "run.iterations=2"]) == 0
-    return out
+    return train_tiny_run(tmp_path_factory.mktemp("fid") / "run")
 
 
 @needs_fid_helper

@@ -11,7 +11,7 @@ import torch
 from scipy.signal import convolve2d
 from skimage.metrics import peak_signal_noise_ratio
 
-from conftest import run_cli, tiny_digits_overrides
+from conftest import run_cli, train_tiny_run
 from coop_metrics.classical_inpainting import CLASSICAL_METHODS
 from coop_metrics.inpainting import (
     complete_with_descriptor,
@@ -369,13 +369,7 @@ def test_metric_refuses_what_it_cannot_do(registries):
 # End to end: a tiny trained run evaluated from the command line
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from coopcore.plugin_manager import reset_registries
-
-    reset_registries()
-    out = tmp_path_factory.mktemp("inpaint") / "run"
-    sets = [x for s in tiny_digits_overrides() for x in ("--set", s)]
-    assert run_cli(["train", "coopnets-digits", "--out", out, "--no-progress", *sets, "--set", "run.iterations=2"]) == 0
-    return out
+    return train_tiny_run(tmp_path_factory.mktemp("inpaint") / "run")
 
 
 @pytest.mark.parametrize("route", ["generator", "descriptor", "inpaint_nans_3"])
