@@ -8,6 +8,10 @@ from .fid import (FidOptions, FrechetInceptionDistance, InceptionScore, Inceptio
                   KernelInceptionDistance, KidOptions)
 from .parzen import Parzen, ParzenOptions
 from .video import VideoPsnrSsim, VideoPsnrSsimOptions
+from .model_stats import (EnergyStatistics, EnergyStatisticsOptions, InceptionClassScores,
+                          InceptionClassScoresOptions, PairwiseSsim, PairwiseSsimOptions, ReconstructionMse,
+                          ReconstructionMseOptions)
+from .probe import FeatureProbe, FeatureProbeOptions
 
 
 @hookimpl
@@ -20,3 +24,13 @@ def coop_register_metrics(registry) -> None:
                  "Inpainting error and PSNR on the missing pixels (TPAMI Table 5, AAAI Table 1, multigrid/triangle Table 3)")
     registry.add("video_psnr_ssim", VideoPsnrSsim, VideoPsnrSsimOptions,
                  "Frame-aligned PSNR and SSIM of generated vs observed videos (TPAMI Table 6)")
+    registry.add("reconstruction_mse", ReconstructionMse, ReconstructionMseOptions,
+                 "Per-pixel test MSE of G(mu_I(x)) (triangle Table 2)")
+    registry.add("energy_statistics", EnergyStatistics, EnergyStatisticsOptions,
+                 "Mean and sd of the descriptor score f(Y) on train/test/synthesised/negatives (multigrid Table 1)")
+    registry.add("feature_probe", FeatureProbe, FeatureProbeOptions,
+                 "Test error of a classifier on frozen descriptor features (multigrid Table 2)")
+    registry.add("inception_class_scores", InceptionClassScores, InceptionClassScoresOptions,
+                 "Mean softmax probability of a target class and top-5 error (TPAMI Fig. 7)")
+    registry.add("pairwise_ssim", PairwiseSsim, PairwiseSsimOptions,
+                 "Average SSIM between random pairs of samples (TPAMI Fig. 7)")
