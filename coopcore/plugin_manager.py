@@ -162,6 +162,7 @@ def register_plugin(
         info.status = "failed"
         info.error = f"{type(exc).__name__}: {exc}"
         info.registered = {}
+        info.hooks = []
     return info
 
 

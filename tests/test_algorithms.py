@@ -140,7 +140,7 @@ def test_coopnets_with_inference_steps_runs_langevin_inference():
     inference = _Capture(Langevin(LangevinOptions(n_steps=5, step_size=0.05)))
     parts = _parts({"descriptor": d, "generator": gnet}, {"revision": sampler, "inference": inference},
                    {"descriptor": 5e-4, "generator": 1e-3}, len(ds), ds.shape)
-    obj = CoopNets(CoopNetsOptions(inference_steps=5), parts)
+    obj = CoopNets(CoopNetsOptions(), parts)  # l_q = the inference sampler's 5 steps
     idx = torch.arange(16)
     obj.step(Batch(ds.get_batch(idx), idx), torch.Generator().manual_seed(0))
     assert inference.last_init is not None and inference.last_init.shape == (16, 16)

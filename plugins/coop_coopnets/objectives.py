@@ -21,7 +21,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from coopcore import Batch, ConfigError, Parts, StepResult, generator_log_joint, non_negative, positive
+from coopcore import Batch, Parts, StepResult, generator_log_joint, non_negative, positive
 
 
 def _reconstruction_loss(y: Tensor, recon: Tensor, sigma: float) -> Tensor:
@@ -61,8 +61,6 @@ class CoopNetsOptions:
 
     # n~, the number of parallel chains per iteration; 0 = the batch size.
     n_chains: int = attrs.field(default=0, validator=non_negative)
-    # l_q: Langevin inference steps in G1 (0 = infer X = X^, as in the paper's experiments).
-    inference_steps: int = attrs.field(default=0, validator=non_negative)
     # Number of G2 updates per iteration ("to allow the generator to catch up").
     generator_steps: int = attrs.field(default=1, validator=positive)
     # Paper: Y^ = g(X^) + eps, eps ~ N(0, sigma^2); the authors' code omits eps (default).
@@ -82,12 +80,9 @@ class CoopNets:
         self.opt_d = parts.optimizers["descriptor"]
         self.opt_g = parts.optimizers["generator"]
         self.revision = parts.samplers["revision"]
+        # l_q > 0 (the right diagram of eq. 17) is switched on by configuring a sampler in the
+        # "inference" role; l_q is that sampler's n_steps.  Without one, X = X^ (l_q = 0).
         self.inference = parts.samplers.get("inference")
-        if options.inference_steps > 0 and self.inference is None:
-            raise ConfigError(
-                "objective.options.inference_steps",
-                "l_q > 0 needs a Langevin inference sampler under [samplers.inference]",
-            )
 
     def _log_p(self, y: Tensor) -> Tensor:
         return -self.descriptor.energy(y)
@@ -107,9 +102,9 @@ class CoopNets:
         z, y_init = self.generate(n, generator)  # G0
         revised = self.revision.run(self._log_p, y_init, generator)  # D1
         y_syn = revised.samples
-        if o.inference_steps > 0:  # G1, right diagram of eq. 17
+        if self.inference is not None and self.inference.n_steps > 0:  # G1, right diagram of eq. 17
             log_q = generator_log_joint(self.generator, y_syn, self.generator.sigma)
-            z = self.inference.run(log_q, z, generator, n_steps=o.inference_steps).samples
+            z = self.inference.run(log_q, z, generator).samples
         loss_d, f_obs, f_syn = _descriptor_update(self.descriptor, self.opt_d, batch.x, y_syn)  # D2
         grad_d = _grad_norm(self.descriptor)
         recon_before = None
