@@ -231,7 +231,7 @@ class Trainer:
             ctx = EvalContext(
                 objective=self.exp.objective, models=self.exp.parts.models, registries=self.exp.registries,
                 data_root=self.exp.data_root, device=self.device, generator=self.eval_generator(1000 + i),
-                train_dataset=self.exp.dataset, progress=lambda msg: None,
+                train_dataset=self.exp.dataset, progress=lambda msg, _label=label: self.echo(f"[{_label}] {msg}"),
             )
             res = metric.compute(ctx)
             results.append(res)
