@@ -71,3 +71,16 @@ def train_tiny_run(out: Path, iterations: int = 2, extra: tuple[str, ...] = ()) 
     args = ["train", "coopnets-digits", "--out", out, "--no-progress", *sets, "--set", f"run.iterations={iterations}"]
     assert run_cli([*args, *extra]) == 0
     return out
+
+
+class FixedImagesObjective:
+    """A stand-in objective whose samples are given images, handed out in order (metric tests)."""
+
+    def __init__(self, images):
+        self.images = images
+        self.drawn = 0
+
+    def samples(self, n, generator):
+        out = self.images[self.drawn : self.drawn + n]
+        self.drawn += n
+        return {"revised": out, "generator": out}

@@ -19,7 +19,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from conftest import run_cli, train_tiny_run
+from conftest import FixedImagesObjective, run_cli, train_tiny_run
 from coop_metrics import inception as inc
 from coop_metrics.parzen import DatasetRef
 from coop_metrics.fid import (
@@ -284,7 +284,7 @@ def test_torch_fidelity_without_weights_names_both_ways(monkeypatch, tmp_path):
 def test_inception_score_refuses_the_fid_helper_backend(registries):
     metric = InceptionScore(InceptionScoreOptions(backend="fid-helper", n_samples=10))
     with pytest.raises(UsageError, match="logits"):
-        metric.compute(_context(registries, _FixedImages(torch.zeros(4, 1, 8, 8))))
+        metric.compute(_context(registries, FixedImagesObjective(torch.zeros(4, 1, 8, 8))))
 
 
 @needs_fid_helper
@@ -317,17 +317,6 @@ def test_torch_fidelity_extractor_agrees_with_fid_helper_on_the_same_weights(tmp
 
 # ---------------------------------------------------------------------------------------
 # the metrics, with a stand-in feature network (no weights needed)
-class _FixedImages:
-    """An objective whose samples are given images, in order."""
-
-    def __init__(self, images):
-        self.images = images
-        self.drawn = 0
-
-    def samples(self, n, generator):
-        out = self.images[self.drawn : self.drawn + n]
-        self.drawn += n
-        return {"revised": out, "generator": out}
 
 
 def _context(registries, objective, train=None, messages=None):
@@ -361,7 +350,7 @@ def test_fid_metric_reference_cache_and_self_distance(registries, stand_in_backe
     images = build_dataset(registries, "digits", ref.options, None).get_batch(torch.arange(40))
     opts = FidOptions(n_samples=40, batch_size=16, reference=ref, cache_dir=str(tmp_path))
     messages: list[str] = []
-    res = FrechetInceptionDistance(opts).compute(_context(registries, _FixedImages(images), messages=messages))
+    res = FrechetInceptionDistance(opts).compute(_context(registries, FixedImagesObjective(images), messages=messages))
     assert abs(res.value) < 1e-6  # the samples are the reference images
     assert res.n_samples == 40 and res.details["n_reference"] == 40 and not res.higher_is_better
     assert "stand-in" in res.backend and "n=40" in res.backend and "abababababab" in res.backend
@@ -371,12 +360,12 @@ def test_fid_metric_reference_cache_and_self_distance(registries, stand_in_backe
     assert side["backend"] == "stand-in" and side["weights_sha256"] == "ab" * 32
     # a second evaluation reads the cache; shifted samples give a positive FID
     messages.clear()
-    shifted = FrechetInceptionDistance(opts).compute(_context(registries, _FixedImages(images * 0.5), messages=messages))
+    shifted = FrechetInceptionDistance(opts).compute(_context(registries, FixedImagesObjective(images * 0.5), messages=messages))
     assert any("from the cache" in m for m in messages) and shifted.value > 1e-3
     assert shifted.details["reference"]["cached"] is True
     # the cache file works as a statistics file; another network's statistics are refused
     stats = FidOptions(n_samples=40, batch_size=16, reference_stats=str(npz))
-    again = FrechetInceptionDistance(stats).compute(_context(registries, _FixedImages(images)))
+    again = FrechetInceptionDistance(stats).compute(_context(registries, FixedImagesObjective(images)))
     assert abs(again.value) < 1e-6
     other = inc.InceptionBackend("fid-helper", Path("x"), "cd" * 32, False, None, torch.device("cpu"))
     with pytest.raises(UsageError, match="cannot be compared"):
@@ -387,11 +376,11 @@ def test_kid_and_inception_score_metrics(registries, stand_in_backend, tmp_path)
     images = torch.rand(60, 1, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
     train = TensorImageDataset(images, name="noise")
     kid = KernelInceptionDistance(KidOptions(n_samples=30, subsets=5, subset_size=20, cache_dir=str(tmp_path)))
-    res = kid.compute(_context(registries, _FixedImages(-images), train=train))  # reference = training set
+    res = kid.compute(_context(registries, FixedImagesObjective(-images), train=train))  # reference = training set
     assert res.n_samples == 30 and res.details["n_reference"] == 60 and res.details["subset_size"] == 20
     assert res.value > 0 and res.std_error is not None
     isc = InceptionScore(InceptionScoreOptions(n_samples=60, splits=3))
-    res = isc.compute(_context(registries, _FixedImages(images)))
+    res = isc.compute(_context(registries, FixedImagesObjective(images)))
     assert res.n_samples == 60 and res.value >= 1.0 and len(res.details["split_scores"]) == 3
 
 

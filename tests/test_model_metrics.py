@@ -20,6 +20,8 @@ from coop_metrics.probe import FeatureProbeOptions
 from coopcore import EvalContext, TensorImageDataset, UsageError
 from coopcore.build import build_metric
 
+from conftest import FixedImagesObjective
+
 
 @dataclass
 class _Context(EvalContext):
@@ -33,17 +35,6 @@ class _Context(EvalContext):
         return self.datasets[name]
 
 
-class _FixedImages:
-    """An objective whose samples are given images, in order."""
-
-    def __init__(self, images):
-        self.images = images
-        self.drawn = 0
-
-    def samples(self, n, generator):
-        out = self.images[self.drawn : self.drawn + n]
-        self.drawn += n
-        return {"revised": out, "generator": out}
 
 
 def _ctx(registries, models=None, objective=None, datasets=None, train=None, seed=0):
@@ -115,7 +106,7 @@ def test_energy_statistics_match_direct_scores(registries):
     train, test, neg = (torch.rand(n, 1, 8, 8, generator=g) * 2 - 1 for n in (30, 17, 9))
     syn = torch.rand(25, 1, 8, 8, generator=g) * 2 - 1
     d = _descriptor()
-    ctx = _ctx(registries, {"descriptor": d}, _FixedImages(syn), train=TensorImageDataset(train, "train"),
+    ctx = _ctx(registries, {"descriptor": d}, FixedImagesObjective(syn), train=TensorImageDataset(train, "train"),
                datasets={"t": TensorImageDataset(test, "t"), "n": TensorImageDataset(neg, "n")})
     opts = {"test": {"name": "t"}, "negatives": {"name": "n"}, "n_samples": 25, "batch_size": 7, "scale": 100.0}
     res = _metric(registries, "energy_statistics", opts).compute(ctx)
@@ -131,11 +122,11 @@ def test_energy_statistics_match_direct_scores(registries):
     assert res.value == pytest.approx(np.mean(direct["synthesised"]) / 100, rel=1e-6, abs=1e-11)
     assert res.n_samples == 25 and res.details["omitted"] == []
     # without the training set available: a clear error, not a silent skip
-    bare = _ctx(registries, {"descriptor": d}, _FixedImages(syn))
+    bare = _ctx(registries, {"descriptor": d}, FixedImagesObjective(syn))
     with pytest.raises(UsageError, match="training set is not available"):
         _metric(registries, "energy_statistics", {"n_samples": 5}).compute(bare)
     only = _metric(registries, "energy_statistics", {"n_samples": 5, "include_train": False}).compute(
-        _ctx(registries, {"descriptor": d}, _FixedImages(syn)))
+        _ctx(registries, {"descriptor": d}, FixedImagesObjective(syn)))
     assert set(only.details["sets"]) == {"synthesised"} and only.details["omitted"] == ["test", "negatives"]
 
 
@@ -218,7 +209,7 @@ def test_inception_class_scores_metric(registries, lookup_backend):
     target = 17
     res = _metric(registries, "inception_class_scores", {"n_samples": 40, "batch_size": 16,
                                                          "target_class": target}).compute(
-        _ctx(registries, objective=_FixedImages(images)))
+        _ctx(registries, objective=FixedImagesObjective(images)))
     u8 = np.round((levels.numpy().astype(np.float64) + 1) * 127.5).astype(int)
     lg = lookup_backend.float().double().numpy()[u8]
     p = np.exp(lg - lg.max(1, keepdims=True))
@@ -228,10 +219,10 @@ def test_inception_class_scores_metric(registries, lookup_backend):
     assert res.details["top5_error"] == pytest.approx(np.mean([target not in row for row in top5]))
     assert res.n_samples == 40 and "stand-in" in res.backend
     with pytest.raises(UsageError, match="target_class"):
-        _metric(registries, "inception_class_scores", {"n_samples": 4}).compute(_ctx(registries, objective=_FixedImages(images)))
+        _metric(registries, "inception_class_scores", {"n_samples": 4}).compute(_ctx(registries, objective=FixedImagesObjective(images)))
     with pytest.raises(UsageError, match="logits"):
         _metric(registries, "inception_class_scores", {"target_class": 1, "backend": "fid-helper"}).compute(
-            _ctx(registries, objective=_FixedImages(images)))
+            _ctx(registries, objective=FixedImagesObjective(images)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -240,12 +231,12 @@ def test_pairwise_ssim(registries):
     g = torch.Generator().manual_seed(7)
     one = torch.rand(1, 1, 16, 16, generator=g) * 2 - 1
     same = _metric(registries, "pairwise_ssim", {"n_samples": 6, "n_pairs": 10}).compute(
-        _ctx(registries, objective=_FixedImages(one.expand(6, -1, -1, -1).contiguous())))
+        _ctx(registries, objective=FixedImagesObjective(one.expand(6, -1, -1, -1).contiguous())))
     assert same.value == pytest.approx(1.0, abs=1e-12) and same.n_samples == 6
     for channels in (1, 3):
         pair = torch.rand(2, channels, 16, 16, generator=g, dtype=torch.float64) * 2 - 1
         res = _metric(registries, "pairwise_ssim", {"n_samples": 2, "n_pairs": 3}).compute(
-            _ctx(registries, objective=_FixedImages(pair)))
+            _ctx(registries, objective=FixedImagesObjective(pair)))
         a, b = pair.numpy()
         if channels == 1:
             expected = structural_similarity(a[0], b[0], data_range=2.0)
@@ -257,7 +248,7 @@ def test_pairwise_ssim(registries):
     assert (i != j).all() and set(i) == set(range(5)) and set(j) == set(range(5))
     with pytest.raises(UsageError, match="window"):
         _metric(registries, "pairwise_ssim", {"n_samples": 2, "n_pairs": 1}).compute(
-            _ctx(registries, objective=_FixedImages(torch.zeros(2, 1, 5, 5))))
+            _ctx(registries, objective=FixedImagesObjective(torch.zeros(2, 1, 5, 5))))
 
 
 def test_options_defaults_are_valid():
