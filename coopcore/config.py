@@ -155,7 +155,9 @@ def structure(cls: type, data: Mapping[str, Any], path: str = "", source: Option
         raise
     except (ValueError, TypeError) as exc:
         # attrs validators raise with the attribute as the first argument where they can.
-        bad = next((n for n in kwargs if f"'{n}'" in str(exc)), None)
+        # Prefer a field the recipe gave; a cross-field check may also name one left at its default.
+        quoted = [n for n in fields if f"'{n}'" in str(exc)]
+        bad = next((n for n in quoted if n in kwargs), quoted[0] if quoted else None)
         raise ConfigError(f"{prefix}{bad}" if bad else path, str(exc), source) from None
 
 

@@ -116,3 +116,12 @@ def test_none_string_sets_optional_fields():
     assert opts.reference_std is None and opts.init_std is None
     with pytest.raises(ConfigError, match="'fc_outputs'"):
         structure(ConvDescriptorOptions, {"fc_outputs": "none"})
+
+
+def test_cross_field_error_names_the_field_left_at_its_default():
+    from coop_coopnets.networks import ConvGeneratorOptions
+
+    with pytest.raises(ConfigError) as err:
+        # three layers given, 'channels' left at its four-layer default: the check names channels
+        structure(ConvGeneratorOptions, {"sizes": [4, 8, 16], "kernels": [4, 4, 4]}, "models.generator.options")
+    assert "'models.generator.options.channels'" in str(err.value)
