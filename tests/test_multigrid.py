@@ -140,7 +140,27 @@ def test_objective_names_missing_role():
     parts = _tiny_parts()
     with pytest.raises(ConfigError, match="grid3"):
         Multigrid(MultigridOptions(n_grids=3, factor=4), parts)
-    assert Multigrid.required_models == ("grid1", "grid2", "grid3")
+
+
+def test_two_grid_recipe_resolves_builds_and_trains(registries):
+    """Required roles follow n_grids: a 2-grid recipe (grid1, grid2) passes the pre-build checks."""
+    from coopcore.build import build_experiment, resolve_experiment
+    from coopcore.config import experiment_from_data
+
+    grid = lambda k: {"name": "multigrid.descriptor", "options": {"grid": k, "input_shape": [1, 4**k, 4**k], "channels": [8, 16], "kernels": [3, 3],  # noqa: E731
+                                                                  "strides": [2, 1]}}
+    data = {
+        "run": {"iterations": 1, "tensorboard": False},
+        "data": {"name": "digits", "batch_size": 8, "options": {"size": 16, "limit": 16}},
+        "models": {"grid1": grid(1), "grid2": grid(2)},
+        "samplers": {"revision": {"name": "multigrid_langevin", "options": {"n_steps": 2}}},
+        "optimizers": {"grid1": {"lr": 1e-3}, "grid2": {"lr": 1e-3}},
+        "objective": {"name": "multigrid", "options": {"n_grids": 2, "factor": 4}},
+    }
+    cfg = resolve_experiment(experiment_from_data(data), registries)
+    exp = build_experiment(cfg, registries, torch.device("cpu"))
+    res = exp.objective.step(Batch(exp.dataset.get_batch(torch.arange(8)), torch.arange(8)), torch.Generator().manual_seed(0))
+    assert all(torch.isfinite(v) for v in res.scalars.values())
 
 
 @pytest.mark.parametrize("name", ["multigrid.descriptor.grid1", "multigrid.descriptor.grid2",

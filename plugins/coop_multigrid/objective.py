@@ -57,7 +57,9 @@ def _grad_norm(module: torch.nn.Module) -> Tensor:
 class Multigrid:
     """Descriptors at grids 1..S learned by multi-grid minimal CD."""
 
-    required_models = ("grid1", "grid2", "grid3")
+    # grid1 is always needed; the roles of further grids depend on n_grids and are checked when
+    # the objective is built (a missing one is a ConfigError naming it).
+    required_models = ("grid1",)
     required_samplers = ("revision",)
 
     def __init__(self, options: MultigridOptions, parts: Parts) -> None:
