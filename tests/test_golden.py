@@ -14,6 +14,11 @@ import pytest
 from conftest import run_cli, tiny_digits_overrides
 
 TOL = dict(default_tolerance=dict(rtol=1e-4, atol=1e-6))
+# The table-2 smoke run trains 60 iterations before scoring, which amplifies the last-bit
+# differences between CPU kernel paths (oneDNN/MKL pick kernels by instruction set): on two
+# x86 machines with AVX-512 the Parzen numbers differed by 1.0e-4 relative, and the plain
+# (no-SIMD) kernels move the descriptor number by 1.5%; 1e-3 sits between the two.
+TABLE_TOL = dict(default_tolerance=dict(rtol=1e-3, atol=1e-6))
 
 
 def test_golden_coopnets_digits_run(tmp_path, num_regression):
@@ -46,4 +51,4 @@ def test_golden_repro_table2_smoke(tmp_path, num_regression):
         values[f"{name}_stderr"] = c["ours_error"]
         values[f"{name}_sigma"] = c["details"]["sigma"]
         values[f"{name}_iteration"] = float(c["iteration"])
-    num_regression.check(values, **TOL)
+    num_regression.check(values, **TABLE_TOL)
