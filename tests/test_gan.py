@@ -1,0 +1,219 @@
+"""The GAN plugin (`coop_gan`): loss values and gradients against hand-computed examples, the
+WGAN-GP and R1 penalties on linear critics, lazy R1, and one `gan` objective step per loss with
+tiny CoopNets networks."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from coop_gan.losses import (
+    d_loss,
+    g_loss,
+    gradient_penalty,
+    interpolates,
+    lazy_r1_penalty,
+    r1_due,
+    r1_penalty,
+)
+from coopcore import Batch, Objective, Parts
+from coopcore.plugin_manager import load_registries
+
+
+def sp(x: float) -> float:
+    """softplus written out: log(1 + e^x)."""
+    return math.log(1.0 + math.exp(x))
+
+
+def sig(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+D_REAL = [0.0, 2.0]
+D_FAKE = [-1.0, 3.0]
+
+# loss -> (D value, dD/dd_real, dD/dd_fake, G value, dG/dd_fake); means over B = 2.
+HAND = {
+    "ns": (
+        # (log(1+e^0) + log(1+e^-1) + log(1+e^-2) + log(1+e^3)) / 2 = 2.090962
+        (sp(-0.0) + sp(-1.0) + sp(-2.0) + sp(3.0)) / 2,
+        [-sig(0.0) / 2, -sig(-2.0) / 2],  # d softplus(-r)/dr = -sigmoid(-r)
+        [sig(-1.0) / 2, sig(3.0) / 2],  # d softplus(f)/df = sigmoid(f)
+        (sp(1.0) + sp(-3.0)) / 2,  # (log(1+e^1) + log(1+e^-3)) / 2 = 0.680924
+        [-sig(1.0) / 2, -sig(-3.0) / 2],
+    ),
+    "hinge": (
+        # relu(1-0) + relu(1-2) + relu(1-1) + relu(1+3) = 1 + 0 + 0 + 4, over 2
+        2.5,
+        [-0.5, 0.0],
+        [0.0, 0.5],  # d_fake = -1 sits on the kink: torch's relu'(0) = 0
+        -(-1.0 + 3.0) / 2,
+        [-0.5, -0.5],
+    ),
+    "wgan": (
+        ((-1.0 - 0.0) + (3.0 - 2.0)) / 2,  # = 0
+        [-0.5, -0.5],
+        [0.5, 0.5],
+        -1.0,
+        [-0.5, -0.5],
+    ),
+}
+
+
+def test_hand_values_are_what_we_think():
+    assert HAND["ns"][0] == pytest.approx(2.090962, abs=1e-6)
+    assert HAND["ns"][3] == pytest.approx(0.680924, abs=1e-6)
+
+
+@pytest.mark.parametrize("loss", sorted(HAND))
+def test_losses_values_and_gradients(loss):
+    d_val, g_real, g_fake, g_val, gg_fake = HAND[loss]
+    r = torch.tensor(D_REAL, dtype=torch.float64, requires_grad=True)
+    f = torch.tensor(D_FAKE, dtype=torch.float64, requires_grad=True)
+    ld = d_loss(loss, r, f)
+    assert ld.dim() == 0 and ld.item() == pytest.approx(d_val, abs=1e-12)
+    gr, gf = torch.autograd.grad(ld, (r, f))
+    assert gr.tolist() == pytest.approx(g_real, abs=1e-12)
+    assert gf.tolist() == pytest.approx(g_fake, abs=1e-12)
+    lg = g_loss(loss, f)
+    assert lg.dim() == 0 and lg.item() == pytest.approx(g_val, abs=1e-12)
+    (gf,) = torch.autograd.grad(lg, f)
+    assert gf.tolist() == pytest.approx(gg_fake, abs=1e-12)
+
+
+def test_unknown_loss():
+    with pytest.raises(ValueError, match="unknown GAN loss"):
+        d_loss("lsgan", torch.zeros(2), torch.zeros(2))
+
+
+def _linear_critic(w: torch.Tensor):
+    return lambda x: x.flatten(1) @ w
+
+
+def _xs(seed=0, shape=(4, 2, 3, 3)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64), torch.randn(shape, generator=g, dtype=torch.float64)
+
+
+def test_interpolates_use_the_explicit_generator():
+    x_real, x_fake = _xs()
+    a = interpolates(x_real, x_fake, torch.Generator().manual_seed(3))
+    eps = torch.rand((4, 1, 1, 1), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert torch.allclose(a, eps * x_real + (1 - eps) * x_fake)
+    assert torch.equal(a, interpolates(x_real, x_fake, torch.Generator().manual_seed(3)))
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.3, 3.0])
+def test_gradient_penalty_linear_critic(scale):
+    x_real, x_fake = _xs()
+    w = torch.randn(18, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    w = (scale * w / w.norm()).requires_grad_(True)
+    gp = gradient_penalty(_linear_critic(w), x_real, x_fake, torch.Generator().manual_seed(0), lam=10.0)
+    assert gp.dim() == 0
+    assert gp.item() == pytest.approx(10.0 * (scale - 1.0) ** 2, abs=1e-10)  # 0 when ||w|| = 1
+    # it trains the critic: d/dw lambda (||w|| - 1)^2 = 2 lambda (||w|| - 1) w / ||w||
+    (gw,) = torch.autograd.grad(gp, w)
+    assert torch.allclose(gw, 2 * 10.0 * (scale - 1.0) * w.detach() / scale, atol=1e-10)
+
+
+def test_r1_linear_critic():
+    x_real, _ = _xs()
+    w = torch.randn(18, generator=torch.Generator().manual_seed(2), dtype=torch.float64, requires_grad=True)
+    r1 = r1_penalty(_linear_critic(w), x_real, gamma=4.0)
+    assert r1.item() == pytest.approx(4.0 / 2 * w.detach().pow(2).sum().item(), rel=1e-12)
+    (gw,) = torch.autograd.grad(r1, w)  # d/dw gamma/2 ||w||^2 = gamma w
+    assert torch.allclose(gw, 4.0 * w.detach())
+
+
+def test_lazy_r1_every_kth_step_scaled_by_k():
+    x_real, _ = _xs()
+    w = torch.randn(18, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    eager = 4.0 / 2 * w.pow(2).sum().item()
+    got = [lazy_r1_penalty(_linear_critic(w), x_real, step, gamma=4.0, interval=3) for step in range(7)]
+    assert [g is not None for g in got] == [True, False, False, True, False, False, True]
+    for g in (got[0], got[3], got[6]):
+        assert g.item() == pytest.approx(3 * eager, rel=1e-12)
+    assert all(r1_due(s, 1) for s in range(5))
+    one = lazy_r1_penalty(_linear_critic(w), x_real, 5, gamma=4.0, interval=1)
+    assert one.item() == pytest.approx(eager, rel=1e-12)
+
+
+# --- the objective ----------------------------------------------------------------------------
+def _tiny_gan(options, seed=0):
+    from coop_coopnets.networks import ConvDescriptor, ConvDescriptorOptions, ConvGenerator, ConvGeneratorOptions
+
+    torch.manual_seed(seed)
+    d = ConvDescriptor(ConvDescriptorOptions(input_shape=(1, 16, 16), channels=(8, 16), kernels=(4, 4),
+                                             strides=(2, 2), fc_outputs=4))
+    g = ConvGenerator(ConvGeneratorOptions(latent_dim=8, out_channels=1, sizes=(4, 8, 16), channels=(16, 8),
+                                           kernels=(4, 4, 4)))
+    opts = {"descriptor": torch.optim.Adam(d.parameters(), 1e-2, betas=(0.5, 0.999)),
+            "generator": torch.optim.Adam(g.parameters(), 1e-2, betas=(0.5, 0.999))}
+    parts = Parts(models={"descriptor": d, "generator": g}, samplers={}, optimizers=opts, n_train=8,
+                  device=torch.device("cpu"), data_shape=(1, 16, 16))
+    reg = load_registries()
+    entry = reg.objective.get("gan")
+    obj = reg.objective.create("gan", entry.options(**options), parts=parts)
+    return obj, d, g
+
+
+def _batch():
+    x = torch.rand((6, 1, 16, 16), generator=torch.Generator().manual_seed(9)) * 2 - 1
+    return Batch(x=x, index=torch.arange(6))
+
+
+@pytest.mark.parametrize("options", [
+    dict(loss="ns"), dict(loss="hinge"), dict(loss="wgan"), dict(loss="wgan", gp_lambda=10.0, d_steps=2),
+    dict(loss="ns", r1_gamma=1.0, r1_interval=2),
+])
+def test_gan_step_updates_both_networks(options):
+    obj, d, g = _tiny_gan(options)
+    assert isinstance(obj, Objective)
+    assert obj.required_models == ("descriptor", "generator") and tuple(obj.required_samplers) == ()
+    before_d = [p.detach().clone() for p in d.parameters()]
+    before_g = [p.detach().clone() for p in g.parameters()]
+    res = obj.step(_batch(), torch.Generator().manual_seed(0))
+    assert set(res.scalars) == {"loss_d", "loss_g", "d_real", "d_fake", "gp", "r1"}
+    for k, v in res.scalars.items():
+        assert v.dim() == 0 and torch.isfinite(v), k
+    assert any(not torch.equal(a, b) for a, b in zip(before_d, d.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before_g, g.parameters()))
+    assert (res.scalars["gp"] > 0) == (options.get("gp_lambda", 0) > 0)
+    assert (res.scalars["r1"] > 0) == (options.get("r1_gamma", 0) > 0)  # step 0: lazy R1 is due
+    assert obj.state_dict() == {"d_updates": options.get("d_steps", 1)}
+    s = obj.samples(3, torch.Generator().manual_seed(1))
+    assert set(s) == {"generator"} and s["generator"].shape == (3, 1, 16, 16)
+
+
+def test_gan_lazy_r1_in_the_objective_and_state():
+    obj, _, _ = _tiny_gan(dict(loss="ns", r1_gamma=1.0, r1_interval=2))
+    gen = torch.Generator().manual_seed(0)
+    r1 = [obj.step(_batch(), gen).scalars["r1"].item() for _ in range(4)]
+    assert [v > 0 for v in r1] == [True, False, True, False]
+    assert obj.state_dict() == {"d_updates": 4}
+    other, _, _ = _tiny_gan(dict(loss="ns", r1_gamma=1.0, r1_interval=2))
+    other.load_state_dict({"d_updates": 3})
+    assert other.step(_batch(), gen).scalars["r1"].item() == 0.0  # update 3 is not due
+
+
+def test_gan_step_is_reproducible():
+    a, _, _ = _tiny_gan(dict(loss="hinge", gp_lambda=1.0), seed=4)
+    b, _, _ = _tiny_gan(dict(loss="hinge", gp_lambda=1.0), seed=4)
+    ra = a.step(_batch(), torch.Generator().manual_seed(7)).scalars
+    rb = b.step(_batch(), torch.Generator().manual_seed(7)).scalars
+    assert all(torch.equal(ra[k], rb[k]) for k in ra)
+
+
+def test_gan_options_are_validated():
+    entry = load_registries().objective.get("gan")
+    with pytest.raises((ValueError, TypeError)):
+        entry.options(loss="lsgan")
+    with pytest.raises((ValueError, TypeError)):
+        entry.options(r1_interval=0)
+    from coopcore.config import structure
+    from coopcore.errors import ConfigError
+
+    with pytest.raises(ConfigError):  # what a recipe's [objective] options go through
+        structure(entry.options, {"loss": "ns", "r1_gama": 1.0}, "objective.options")
+    assert structure(entry.options, {"loss": "wgan", "gp_lambda": 10.0}, "objective.options").gp_lambda == 10.0
