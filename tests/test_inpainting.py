@@ -19,7 +19,7 @@ from coop_metrics.inpainting import (
     inpainting_error,
     inpainting_psnr,
 )
-from coop_metrics.masks import make_mask, mask_from_name, parse_mask_name
+from coopcore.masks import make_mask, mask_from_name, parse_mask_name
 from coopcore import ConfigError, EnergyModelBase, EvalContext, GeneratorBase, UsageError
 
 

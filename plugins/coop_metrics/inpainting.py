@@ -40,7 +40,7 @@ from torch import Tensor
 from coopcore import EvalContext, MetricResult, UsageError, generator_log_joint, non_negative, positive
 
 from .classical_inpainting import CLASSICAL_METHODS, inpaint_classical
-from .masks import parse_mask_name
+from coopcore.masks import parse_mask_name
 from .parzen import DatasetRef
 
 LEARNED_ROUTES = ("generator", "descriptor")

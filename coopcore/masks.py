@@ -1,4 +1,6 @@
-"""Occlusion masks for the inpainting experiments, drawn with an explicit `torch.Generator`.
+"""Occlusion masks for inpainting and for learning from incomplete data, drawn with an explicit
+`torch.Generator`.  Part of the core because three papers share them: the inpainting metrics,
+multi-grid CD's masked training and the divergence triangle's occluded data all use these.
 
 Every generator returns a float mask of shape [N, 1, H, W] with 1 = observed and 0 = missing
 (the convention of `coopcore.Batch.mask` and `generator_log_joint(observed=...)`); one mask
