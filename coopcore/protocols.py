@@ -51,8 +51,13 @@ class Generator(Protocol):
 
 @runtime_checkable
 class Encoder(Protocol):
-    """An inference model q(z | x) = N(mu(x), diag(exp(logvar(x))))."""
+    """An inference model q(z | x) = N(mu(x), diag(exp(logvar(x)))).
 
+    `input_shape` is the per-example shape of x it takes; `mu` and `logvar` have shape
+    [B, *latent_shape].
+    """
+
+    input_shape: tuple[int, ...]
     latent_shape: tuple[int, ...]
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]: ...

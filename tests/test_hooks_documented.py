@@ -59,7 +59,7 @@ def test_hook_is_implemented_by_a_builtin_plugin_or_a_test(hook):
 
 
 # ---------------------------------------------------------------------------------------
-# coop_register_encoders has no built-in implementation: exercise it with in-process plugins.
+# coop_register_encoders: exercised with in-process plugins (object and module forms).
 @attrs.frozen(kw_only=True)
 class TinyEncoderOptions:
     """A linear encoder q(z | x) = N(mu(x), diag(exp(logvar(x))))."""
@@ -73,6 +73,7 @@ class TinyEncoder(torch.nn.Module):
 
     def __init__(self, options: TinyEncoderOptions = TinyEncoderOptions()) -> None:
         super().__init__()
+        self.input_shape = (options.in_features,)
         self.latent_shape = (options.latent_dim,)
         self.lin = torch.nn.Linear(options.in_features, 2 * options.latent_dim)
 

@@ -131,6 +131,7 @@ class TriangleEncoder(nn.Module):
     def __init__(self, options: TriangleEncoderOptions = TriangleEncoderOptions()) -> None:
         super().__init__()
         self.options = options
+        self.input_shape = (options.in_channels, 28, 28)
         self.latent_shape = (options.latent_dim,)
         self.features, c, size = _down_path(options.in_channels, options.channels, options.leak)
         self.mu = _head(c, options.latent_dim, size, options.head_kernel)
