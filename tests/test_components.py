@@ -54,12 +54,20 @@ def test_samplers(name):
 
 def test_encoder_protocol_is_checkable():
     class Enc(torch.nn.Module):
+        input_shape = (4,)
+        latent_shape = (2,)
+
+        def forward(self, x):
+            return x[:, :2], x[:, 2:4]
+
+    class NoInputShape(torch.nn.Module):
         latent_shape = (2,)
 
         def forward(self, x):
             return x[:, :2], x[:, 2:4]
 
     assert isinstance(Enc(), Encoder)
+    assert not isinstance(NoInputShape(), Encoder)
 
 
 def test_paper_architecture_shapes():

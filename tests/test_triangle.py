@@ -49,6 +49,7 @@ class LinearEncoder(nn.Module):
 class MLPEncoder(nn.Module):
     def __init__(self, d_in: int, d_z: int, h: int = 32) -> None:
         super().__init__()
+        self.input_shape = (d_in,)
         self.latent_shape = (d_z,)
         self.net = nn.Sequential(nn.Linear(d_in, h), nn.LeakyReLU(0.2), nn.Linear(h, 2 * d_z))
 
