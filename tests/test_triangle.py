@@ -37,6 +37,7 @@ class LinearEncoder(nn.Module):
 
     def __init__(self, d_in: int, d_z: int) -> None:
         super().__init__()
+        self.input_shape = (d_in,)
         self.latent_shape = (d_z,)
         self.lin = nn.Linear(d_in, d_z)
         self.c = nn.Parameter(torch.linspace(-1.0, 0.5, d_z))
