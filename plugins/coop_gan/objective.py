@@ -4,54 +4,118 @@ discriminator, D(x) = descriptor.score(x) (a logit per example).
 One iteration = `d_steps` discriminator updates, then one generator update:
 
 - D: minimise d_loss(D(x_real), D(G(z))) [+ WGAN-GP penalty] [+ lazy R1 on x_real];
-- G: minimise g_loss(D(G(z))) with fresh latents.
+- G: minimise g_loss(D(G(z))) with fresh latents;
+- then the generator's moving average (StyleGAN2's EMA) is updated.
 
-This is the adversarial phase of CoopInit (Algorithm 2): after cooperative learning
-(`coopnets` objective) the same descriptor/generator pair continues as a GAN, and the losses
-are those of CoopInit appendix C (NS, hinge, WAS, WAS-GP with lambda = 10) plus StyleGAN2's R1.
+This is also the adversarial stage of CoopInit (Algorithm 2; `coopinit` objective): the same
+`Adversarial` engine runs there on the descriptor/generator pair the cooperative stage trained.
+Losses are those of CoopInit appendix C (NS, hinge, WAS, WAS-GP with lambda = 10) plus R1.
+
+Choices where the papers are silent or where we depart from StyleGAN2-ADA's code:
+
+- Lazy R1 (every k-th D update, scaled by k) is added to that update's loss; StyleGAN2-ADA
+  takes a separate optimiser step for it and therefore rescales Adam's lr and betas by
+  k / (k + 1).  Same expected gradient; no rescaling is needed here.
+- The same real batch serves every D update of an iteration (d_steps > 1).
+- EMA on by default with StyleGAN2-ADA's `cifar` settings (half-life 500k images, ramp-up
+  0.05), since CoopInit's base config uses it; `g_ema_kimg = 0` turns it off.  `samples()`
+  draws "generator" from the average (and "generator_raw" from the trained network).
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Optional
 
 import attrs
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from coopcore import Batch, Parts, StepResult, non_negative, positive
 
+from .ema import GeneratorEMA, ema_beta
 from .losses import d_loss, g_loss, gradient_penalty, lazy_r1_penalty
+
+LOSSES = ("ns", "hinge", "wgan", "wgan_gp")
+
+
+def _optional_non_negative(instance: Any, attribute: attrs.Attribute, value: Optional[float]) -> None:
+    if value is not None and not value >= 0:
+        raise ValueError(f"'{attribute.name}' must be >= 0 or \"none\", got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
-class GanOptions:
-    """GAN training with the descriptor as discriminator (NS / hinge / WGAN, optional GP and R1)."""
+class EmaOptions:
+    """The generator's exponential moving average (StyleGAN2-ADA `ema_kimg` / `ema_rampup`)."""
 
-    # Adversarial loss: "ns" non-saturating, "hinge", "wgan" (Wasserstein; add gp_lambda = 10 for WGAN-GP).
-    loss: Literal["ns", "hinge", "wgan"] = attrs.field(default="ns", validator=attrs.validators.in_(("ns", "hinge", "wgan")))
-    # WGAN-GP coefficient lambda on random interpolates; 0 = off (Gulrajani et al. and CoopInit: 10).
-    gp_lambda: float = attrs.field(default=0.0, validator=non_negative)
-    # R1 coefficient gamma on real data; 0 = off.
+    # Half-life of the average in thousands of images; 0 = no average.  Default: StyleGAN2-ADA's
+    # `cifar` config (CoopInit's base model), 500.
+    g_ema_kimg: float = attrs.field(default=500.0, validator=non_negative)
+    # Half-life = min(g_ema_kimg * 1000, g_ema_rampup * images seen); "none" = no ramp-up.
+    # StyleGAN2-ADA `cifar`: 0.05.
+    g_ema_rampup: Optional[float] = attrs.field(default=0.05, validator=_optional_non_negative)
+
+
+@attrs.frozen(kw_only=True)
+class GanOptions(EmaOptions):
+    """GAN training with the descriptor as discriminator (NS / hinge / WGAN / WGAN-GP, R1, EMA)."""
+
+    # Adversarial loss: "ns" non-saturating, "hinge", "wgan" (Wasserstein, no penalty) or
+    # "wgan_gp" (Wasserstein + gradient penalty with gp_lambda, 10 by default).
+    loss: Literal["ns", "hinge", "wgan", "wgan_gp"] = attrs.field(default="ns", validator=attrs.validators.in_(LOSSES))
+    # Gradient-penalty coefficient lambda on random interpolates.  "none" = 10 with "wgan_gp"
+    # (Gulrajani et al.; CoopInit appendix C) and 0 (off) with the other losses; a number adds
+    # the penalty to any loss.
+    gp_lambda: Optional[float] = attrs.field(default=None, validator=_optional_non_negative)
+    # R1 coefficient gamma on real data; 0 = off.  (StyleGAN2-ADA cifar: 0.01; CoopInit: 0.)
     r1_gamma: float = attrs.field(default=0.0, validator=non_negative)
     # Lazy regularisation: R1 every r1_interval-th discriminator update, scaled by r1_interval
-    # (StyleGAN2 uses 16); 1 = every update.
+    # (StyleGAN2 uses 16); 1 = every update (CoopInit's model-analysis tables).
     r1_interval: int = attrs.field(default=1, validator=positive)
-    # Discriminator updates per generator update (WGAN papers use 5).
+    # Discriminator updates per generator update (WGAN papers use 5; StyleGAN2 1).
     d_steps: int = attrs.field(default=1, validator=positive)
 
+    def __attrs_post_init__(self) -> None:
+        if self.loss == "wgan_gp" and self.gp_lambda == 0:
+            raise ValueError("'gp_lambda' must be > 0 with loss 'wgan_gp' (use loss 'wgan' for no penalty)")
 
-class Gan:
-    """GAN training; the discriminator is the descriptor network (D(x) = descriptor.score(x))."""
+    @property
+    def gp_weight(self) -> float:
+        """The gradient-penalty coefficient in force (see `gp_lambda`)."""
+        if self.gp_lambda is not None:
+            return self.gp_lambda
+        return 10.0 if self.loss == "wgan_gp" else 0.0
 
-    required_models = ("descriptor", "generator")
-    required_samplers = ()
+    @property
+    def base_loss(self) -> str:
+        """The loss function without the penalty ("wgan_gp" is "wgan" + gradient penalty)."""
+        return "wgan" if self.loss == "wgan_gp" else self.loss
 
-    def __init__(self, options: GanOptions, parts: Parts) -> None:
+
+class frozen_parameters:
+    """Context manager: no parameter of `module` requires grad inside (a backward pass through it
+    then reaches only its input), the previous flags are restored on exit."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.params = list(module.parameters())
+        self.flags: list[bool] = []
+
+    def __enter__(self) -> None:
+        self.flags = [p.requires_grad for p in self.params]
+        for p in self.params:
+            p.requires_grad_(False)
+
+    def __exit__(self, *exc: object) -> None:
+        for p, flag in zip(self.params, self.flags):
+            p.requires_grad_(flag)
+
+
+class Adversarial:
+    """The adversarial updates on a descriptor/generator pair (shared by `gan` and `coopinit`)."""
+
+    def __init__(self, options: GanOptions, descriptor: nn.Module, generator: nn.Module,
+                 opt_d: torch.optim.Optimizer, opt_g: torch.optim.Optimizer) -> None:
         self.options = options
-        self.descriptor = parts.models["descriptor"]
-        self.generator = parts.models["generator"]
-        self.opt_d = parts.optimizers["descriptor"]
-        self.opt_g = parts.optimizers["generator"]
+        self.descriptor, self.generator = descriptor, generator
+        self.opt_d, self.opt_g = opt_d, opt_g
         # Number of discriminator updates so far: decides when lazy R1 is due; checkpointed.
         self.d_updates = 0
 
@@ -59,58 +123,128 @@ class Gan:
         """D(x): the descriptor's score, one logit per example."""
         return self.descriptor.score(x)
 
-    def _fake(self, n: int, generator: torch.Generator) -> Tensor:
+    def fake(self, n: int, generator: torch.Generator) -> Tensor:
         return self.generator(self.generator.sample_latent(n, generator))
 
-    def _d_update(self, x_real: Tensor, generator: torch.Generator) -> tuple[Tensor, ...]:
+    def d_update(self, x_real: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """One discriminator step; returns its loss terms and the logits (detached)."""
         o = self.options
         with torch.no_grad():
-            x_fake = self._fake(x_real.shape[0], generator)
+            x_fake = self.fake(x_real.shape[0], generator)
         d_real = self.discriminate(x_real)
         d_fake = self.discriminate(x_fake)
-        loss = d_loss(o.loss, d_real, d_fake)
+        loss = d_loss(o.base_loss, d_real, d_fake)
         zero = torch.zeros((), device=x_real.device)
         gp = r1 = zero
-        if o.gp_lambda > 0:
-            gp = gradient_penalty(self.discriminate, x_real, x_fake, generator, o.gp_lambda)
+        if o.gp_weight > 0:
+            gp = gradient_penalty(self.discriminate, x_real, x_fake, generator, o.gp_weight)
         if o.r1_gamma > 0:
             pen = lazy_r1_penalty(self.discriminate, x_real, self.d_updates, o.r1_gamma, o.r1_interval)
             if pen is not None:
                 r1 = pen
-        total = loss + gp + r1
         self.opt_d.zero_grad(set_to_none=True)
-        total.backward()
+        (loss + gp + r1).backward()
         self.opt_d.step()
         self.d_updates += 1
-        return loss.detach(), d_real.detach(), d_fake.detach(), gp.detach(), r1.detach()
+        return {"loss_d": loss.detach(), "d_real": d_real.detach(), "d_fake": d_fake.detach(),
+                "gp": gp.detach(), "r1": r1.detach()}
 
-    def step(self, batch: Batch, generator: torch.Generator) -> StepResult:
-        x_real = batch.x
-        for _ in range(self.options.d_steps):  # the same real batch for every D update
-            loss_d, d_real, d_fake, gp, r1 = self._d_update(x_real, generator)
-        fake = self._fake(x_real.shape[0], generator)
-        loss_g = g_loss(self.options.loss, self.discriminate(fake))
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_g.step()
-        # The G backward also reached D's parameters; drop those gradients (D was not stepped).
-        self.opt_d.zero_grad(set_to_none=True)
-        scalars = {
-            "loss_d": loss_d,
-            "loss_g": loss_g.detach(),
-            "d_real": d_real.mean(),
-            "d_fake": d_fake.mean(),
-            "gp": gp,
-            "r1": r1,
-        }
-        return StepResult(scalars=scalars, histograms={"d_real": d_real, "d_fake": d_fake})
+    def g_update(self, n: int, generator: torch.Generator) -> Tensor:
+        """One generator step on fresh latents; D's parameters get no gradients."""
+        with frozen_parameters(self.descriptor):
+            loss_g = g_loss(self.options.base_loss, self.discriminate(self.fake(n, generator)))
+            self.opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            self.opt_g.step()
+        return loss_g.detach()
+
+    def step(self, x_real: Tensor, generator: torch.Generator) -> StepResult:
+        """`d_steps` D updates on the same real batch, then one G update."""
+        for _ in range(self.options.d_steps):
+            d = self.d_update(x_real, generator)
+        loss_g = self.g_update(x_real.shape[0], generator)
+        scalars = {"loss_d": d["loss_d"], "loss_g": loss_g, "d_real": d["d_real"].mean(),
+                   "d_fake": d["d_fake"].mean(), "gp": d["gp"], "r1": d["r1"]}
+        return StepResult(scalars=scalars, histograms={"d_real": d["d_real"], "d_fake": d["d_fake"]})
+
+
+class EmaTracker:
+    """Counts images and keeps the generator's EMA (when switched on) for an objective."""
+
+    def __init__(self, options: EmaOptions, generator: nn.Module) -> None:
+        self.options = options
+        self.generator = generator
+        self.images = 0  # training images consumed so far (CoopInit's N); checkpointed
+        self.ema = GeneratorEMA(generator) if options.g_ema_kimg > 0 else None
+
+    def after_step(self, batch_size: int) -> None:
+        """Count the batch, then move the average towards the generator."""
+        self.images += batch_size
+        if self.ema is not None:
+            o = self.options
+            self.ema.update(self.generator, ema_beta(batch_size, self.images, o.g_ema_kimg, o.g_ema_rampup))
 
     def samples(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
+        """"generator": from the average when there is one (else the network); "generator_raw"
+        as well when there is an average.  Both use the same latents."""
         with torch.no_grad():
-            return {"generator": self._fake(n, generator)}
+            z = self.generator.sample_latent(n, generator)
+            raw = self.generator(z)
+            if self.ema is None:
+                return {"generator": raw}
+            return {"generator": self.ema.module(z), "generator_raw": raw}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"d_updates": self.d_updates}
+        state: dict[str, Any] = {"images": self.images}
+        if self.ema is not None:
+            state["g_ema"] = self.ema.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.d_updates = int(state.get("d_updates", 0))
+        self.images = int(state.get("images", 0))
+        if self.ema is not None and "g_ema" in state:
+            self.ema.load_state_dict(state["g_ema"])
+
+
+TINY_IMAGE_EXAMPLE: dict[str, Any] = {
+    "data": {"name": "synthetic", "batch_size": 4, "options": {"shape": [3, 8, 8], "n": 8}},
+    "models": {
+        "descriptor": {"name": "gan.discriminator.dcgan", "options": {"input_shape": [3, 8, 8], "channels": [4, 8]}},
+        "generator": {"name": "gan.generator.dcgan", "options": {"latent_dim": 4, "output_shape": [3, 8, 8],
+                                                                 "channels": [8, 4]}},
+    },
+    "optimizers": {"descriptor": {"name": "adam", "lr": 1e-3, "betas": [0.0, 0.99]},
+                   "generator": {"name": "adam", "lr": 1e-3, "betas": [0.0, 0.99]}},
+}
+
+
+class Gan:
+    """GAN training; the discriminator is the descriptor network (D(x) = descriptor.score(x))."""
+
+    required_models = ("descriptor", "generator")
+    required_samplers = ()
+    contract_example = {**TINY_IMAGE_EXAMPLE,
+                        "options": {"loss": "ns", "r1_gamma": 0.1, "r1_interval": 2, "g_ema_kimg": 1.0}}
+
+    def __init__(self, options: GanOptions, parts: Parts) -> None:
+        self.options = options
+        self.descriptor = parts.models["descriptor"]
+        self.generator = parts.models["generator"]
+        self.adversarial = Adversarial(options, self.descriptor, self.generator,
+                                       parts.optimizers["descriptor"], parts.optimizers["generator"])
+        self.tracker = EmaTracker(options, self.generator)
+
+    def step(self, batch: Batch, generator: torch.Generator) -> StepResult:
+        result = self.adversarial.step(batch.x, generator)
+        self.tracker.after_step(batch.x.shape[0])
+        return result
+
+    def samples(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
+        return self.tracker.samples(n, generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"d_updates": self.adversarial.d_updates, **self.tracker.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.adversarial.d_updates = int(state.get("d_updates", 0))
+        self.tracker.load_state_dict(state)
