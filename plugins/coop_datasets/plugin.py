@@ -3,9 +3,16 @@ from __future__ import annotations
 
 from coopcore import hookimpl
 
+from .celeba import CelebaOptions, celeba_dataset
+from .cifar import CifarOptions, cifar10_dataset, cifar100_dataset
 from .digits import DigitsOptions, digits_dataset
+from .folders import ImageFolderOptions, ImagenetFolderOptions, image_folder_dataset, imagenet_folder_dataset
+from .lsun import LsunOptions, lsun_dataset
 from .mnist import MnistOptions, mnist_dataset
+from .svhn import SvhnOptions, svhn_dataset
 from .synthetic import SyntheticOptions, synthetic_dataset
+from .texture import TextureOptions, texture_dataset
+from .video import VideoOptions, video_dataset
 
 
 @hookimpl
@@ -15,3 +22,20 @@ def coop_register_datasets(registry) -> None:
     registry.add("mnist", mnist_dataset, MnistOptions, "MNIST from idx(.gz) files under --data-root")
     registry.add("synthetic", synthetic_dataset, SyntheticOptions,
                  "seeded synthetic examples of any shape (no files; contract tests, benchmarks)")
+    registry.add("cifar10", cifar10_dataset, CifarOptions,
+                 "CIFAR-10 from cifar-10-batches-py pickles or train/<class>/ image folders under --data-root")
+    registry.add("cifar100", cifar100_dataset, CifarOptions,
+                 "CIFAR-100 (fine labels) from cifar-100-python pickles or image folders under --data-root")
+    registry.add("celeba", celeba_dataset, CelebaOptions,
+                 "aligned CelebA faces (img_align_celeba or a folder of JPEGs), centre crop + resize")
+    registry.add("lsun", lsun_dataset, LsunOptions,
+                 "one LSUN category from <category>_train_lmdb (needs lmdb) or an image folder; decoded lazily")
+    registry.add("svhn", svhn_dataset, SvhnOptions, "SVHN from train/test/extra_32x32.mat under --data-root")
+    registry.add("imagenet_folder", imagenet_folder_dataset, ImagenetFolderOptions,
+                 "ImageNet-style <class>/*.JPEG folders with seeded per-class subsampling (TPAMI Table 1)")
+    registry.add("image_folder", image_folder_dataset, ImageFolderOptions,
+                 "every image under a folder (recursive, sorted), resized; no labels")
+    registry.add("texture", texture_dataset, TextureOptions,
+                 "one texture image: embedded brick/grass/gravel (scikit-image) or a file (TPAMI Exp. 1)")
+    registry.add("video", video_dataset, VideoOptions,
+                 "one video clip [3, T, H, W] from a file (PyAV), a frame folder or the bundled synthetic clip")
