@@ -1,2 +1,3 @@
-"""The divergence triangle (Han, Nijkamp, Zhou, Pang, Zhu, Wu, TPAMI 2020) as a coopnets plugin:
-the MNIST networks of the paper's Table 6 and the `triangle` objective (Algorithm 1)."""
+"""The divergence triangle (Han, Nijkamp, Fang, Hill, Zhu, Wu) as a coopnets plugin: the networks
+of Tables 4-6, the `triangle` objective (Algorithm 1, learning from occluded images of Section
+4.4) and the Table 3 recovery-error metric."""

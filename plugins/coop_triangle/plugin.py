@@ -1,9 +1,11 @@
-"""Entry point of the divergence-triangle plugin: the MNIST networks of Table 6 and the
-`triangle` objective (Algorithm 1)."""
+"""Entry point of the divergence-triangle plugin: the networks of Tables 4-6 (one configurable
+class per role, the tables as presets), the `triangle` objective (Algorithm 1, with learning
+from occluded images) and the Table 3 recovery-error metric."""
 from __future__ import annotations
 
-from coopcore import hookimpl
+from coopcore import hookimpl, preset_options
 
+from .metric import RecoveryError, RecoveryErrorOptions
 from .networks import (
     TriangleEBM,
     TriangleEBMOptions,
@@ -13,27 +15,46 @@ from .networks import (
     TriangleGeneratorOptions,
 )
 from .objective import Triangle, TriangleOptions
+from .presets import EBMS, ENCODERS, GENERATORS
+
+
+def _camel(name: str) -> str:
+    return "".join(p.capitalize() for p in name.replace(".", "_").split("_")) + "Options"
+
+
+def _register(registry, prefix: str, factory, base, presets, summary: str) -> None:
+    registry.add(prefix, factory, base, summary)
+    for suffix, (text, defaults) in presets.items():
+        name = f"{prefix}.{suffix}"
+        registry.add(name, factory, preset_options(base, _camel(name), text, **defaults), text)
 
 
 @hookimpl
 def coop_register_energy_models(registry) -> None:
-    registry.add("triangle.ebm.mnist", TriangleEBM, TriangleEBMOptions,
-                 "Divergence triangle Table 6 EBM (28x28): conv 128-256-512 s2, conv(1) = energy")
+    _register(registry, "triangle.ebm", TriangleEBM, TriangleEBMOptions, EBMS,
+              "Divergence-triangle EBM, configurable (channels/sizes/kernels/strides lists; defaults = Table 6)")
 
 
 @hookimpl
 def coop_register_generators(registry) -> None:
-    registry.add("triangle.generator.mnist", TriangleGenerator, TriangleGeneratorOptions,
-                 "Divergence triangle Table 6 generator (28x28): z100 -> 3x3x1024 -> 7x7x512 -> 14x14x256 -> 28x28x1")
+    _register(registry, "triangle.generator", TriangleGenerator, TriangleGeneratorOptions, GENERATORS,
+              "Divergence-triangle generator, configurable (channels/sizes/kernels/strides lists; defaults = Table 6)")
 
 
 @hookimpl
 def coop_register_encoders(registry) -> None:
-    registry.add("triangle.encoder.mnist", TriangleEncoder, TriangleEncoderOptions,
-                 "Divergence triangle Table 6 inference model (28x28): conv 128-256-512 s2, mu/logvar heads")
+    _register(registry, "triangle.encoder", TriangleEncoder, TriangleEncoderOptions, ENCODERS,
+              "Divergence-triangle inference model, configurable (defaults = Table 6)")
 
 
 @hookimpl
 def coop_register_objectives(registry) -> None:
     registry.add("triangle", Triangle, TriangleOptions,
-                 "Divergence triangle, TPAMI 2020 Algorithm 1 (EBM + generator + inference model, no MCMC)")
+                 "Divergence triangle, Han et al. Algorithm 1 (EBM + generator + inference model, no MCMC; "
+                 "optional occluded training data, Section 4.4)")
+
+
+@hookimpl
+def coop_register_metrics(registry) -> None:
+    registry.add("triangle.recovery_error", RecoveryError, RecoveryErrorOptions,
+                 "Divergence triangle Table 3: recovery error on the occluded pixels of the training images")
