@@ -1,30 +1,49 @@
-"""Multi-grid minimal CD (Gao et al.): grids, the per-grid Langevin chain, the objective and the
-registered descriptors."""
+"""Multi-grid minimal CD (Gao et al.): grids, the per-grid Langevin chain, the objective, the
+baselines (CD1, persistent CD, single-grid CD), masked training, the registered descriptors and
+the recipes."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from coop_multigrid.grids import downscale, draw_start, grid_sizes, start_images, upscale
+from coop_multigrid.baselines import (
+    CD1, CD1Options, PersistentCD, PersistentCDOptions, SingleGridCD, SingleGridCDOptions,
+)
+from coop_multigrid.grids import check_sizes, downscale, draw_start, grid_sizes, start_images, upscale
 from coop_multigrid.networks import MultigridDescriptor, MultigridDescriptorOptions
 from coop_multigrid.objective import Multigrid, MultigridOptions
 from coop_multigrid.sampler import MultigridLangevin, MultigridLangevinOptions, multigrid_chain
 from coopcore import Batch, ConfigError, Parts
+from coopcore.masks import mask_from_name
 from coopcore.plugin_manager import load_registries
 
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
-@pytest.mark.parametrize("d", [2, 4])
+
+@pytest.mark.parametrize("d", [2, 3, 4])
 def test_down_up_exact(d):
     g = torch.Generator().manual_seed(0)
-    const = torch.full((2, 3, 4 * d, 4 * d), 0.375)  # block sums exact in float
-    assert torch.equal(upscale(downscale(const, d), d), const)
+    # constants whose block sums are NOT exact in float (0.1, 1/3, random per image/channel)
+    for value in (0.375, 0.1, 1.0 / 3.0, 254.7):
+        const = torch.full((2, 3, 4 * d, 4 * d), value)
+        assert torch.equal(upscale(downscale(const, d), d), const)
+    per_image = torch.rand(2, 3, 1, 1, generator=g).expand(2, 3, 4 * d, 4 * d).contiguous()
+    assert torch.equal(upscale(downscale(per_image, d), d), per_image)
+    # any image that is constant on d x d blocks is reproduced exactly
+    blocks = upscale(torch.rand(2, 3, 4, 4, generator=g) * 255, d)
+    assert torch.equal(upscale(downscale(blocks, d), d), blocks)
     small = torch.rand(2, 3, 5, 3, generator=g)
     assert torch.equal(downscale(upscale(small, d), d), small)  # pseudo-inverse
     assert upscale(small, d).shape == (2, 3, 5 * d, 3 * d)
+    # the multi-step chain of grids: 1x1 -> d^2 x d^2 and back
+    one = torch.rand(4, 3, 1, 1, generator=g)
+    assert torch.equal(downscale(downscale(upscale(upscale(one, d), d), d), d), one)
 
 
-@pytest.mark.parametrize("d", [2, 4])
+@pytest.mark.parametrize("d", [2, 3, 4])
 def test_block_means_match_numpy(d):
     x = torch.rand(3, 2, 4 * d, 2 * d, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     a = x.numpy()
@@ -47,16 +66,28 @@ def test_grid_sizes_and_start():
     assert drawn.shape == (200, 3, 1, 1) and matches.all()
     weights = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0])
     assert torch.equal(draw_start(own, 10, torch.Generator().manual_seed(4), weights), own[[1] * 10])
+    # one-dimensional histograms per channel: every channel value comes from that channel's pool,
+    # and channels are drawn independently (mixed colours that no single image has do occur)
+    mixed = draw_start(own, 400, torch.Generator().manual_seed(5), per_channel=True)
+    for c in range(3):
+        assert torch.isin(mixed[:, c].flatten(), own[:, c].flatten()).all()
+    whole = (mixed[:, None] == own[None]).flatten(2).all(-1).any(-1)
+    assert not whole.all() and whole.any()
+    assert check_sizes([1, 4, 16, 32], 32) == [1, 4, 16, 32]
+    for bad in ([1, 4, 16], [1, 3, 16, 32], [4, 4, 32], [32]):
+        with pytest.raises(ValueError):
+            check_sizes(bad, 32)
 
 
 def test_multigrid_chain_reaches_gaussian_on_finest_grid():
     """log p_k(y) = -||y - m_k||^2 / (2 v) at grids 1 -> 2 -> 4 -> 8 (d = 2).  The unadjusted
-    Langevin chain with step d has stationary variance v / (1 - d^2 / (4 v)), mean m_k."""
-    v, step = 0.25, 0.1
+    Langevin chain with step d has stationary variance v / (1 - d^2 / (4 v)), mean m_k (with
+    d = 0.2 that is 4% above v, which the 2% check on the average variance tells apart)."""
+    v, step = 0.25, 0.2
     g = torch.Generator().manual_seed(0)
     means = [torch.randn(1, 1, s, s, generator=g) for s in (2, 4, 8)]
     log_ps = [lambda y, m=m: -(y - m).flatten(1).pow(2).sum(1) / (2 * v) for m in means]
-    sampler = MultigridLangevin(MultigridLangevinOptions(n_steps=300, step_size=step, noise=True))
+    sampler = MultigridLangevin(MultigridLangevinOptions(n_steps=100, step_size=step, noise=True))
     start = torch.zeros(4000, 1, 1, 1)
     outs = multigrid_chain(sampler, log_ps, start, 2, g)
     assert [o.samples.shape[-1] for o in outs] == [2, 4, 8]
@@ -66,14 +97,14 @@ def test_multigrid_chain_reaches_gaussian_on_finest_grid():
     var = y.var(0)
     assert torch.allclose(var, torch.full_like(var, expected_var), rtol=0.1)
     assert abs(float(var.mean()) / expected_var - 1) < 0.02
-    assert outs[-1].energies.shape == (300,) and outs[-1].grad_norms.shape == (300,)
+    assert outs[-1].energies.shape == (100,) and outs[-1].grad_norms.shape == (100,)
 
 
 def test_noise_free_chain_descends_to_modes():
     g = torch.Generator().manual_seed(1)
     means = [torch.full((1, 1, s, s), 2.0) for s in (4, 16)]
     log_ps = [lambda y, m=m: -(y - m).flatten(1).pow(2).sum(1) / 2 for m in means]
-    sampler = MultigridLangevin(MultigridLangevinOptions(n_steps=200, step_size=0.3))
+    sampler = MultigridLangevin(MultigridLangevinOptions(n_steps=200, step_size=0.3, noise=False))
     outs = multigrid_chain(sampler, log_ps, torch.zeros(3, 1, 1, 1), 4, g)
     assert torch.allclose(outs[-1].samples, torch.full((3, 1, 16, 16), 2.0), atol=1e-3)
 
@@ -193,3 +224,333 @@ def test_paper_and_code_architectures():
     assert paper2 == [(96, 5, 2), (128, 3, 1), (256, 3, 1), (512, 3, 1)] and m.input_shape == (3, 16, 16)
     paper1, m = convs(MultigridDescriptorOptions(grid=1))
     assert paper1 == [(96, 5, 2), (128, 3, 1), (256, 3, 1)] and m.input_shape == (3, 4, 4)
+
+
+# ---------------------------------------------------------------------------------------
+# the chain's wiring against the closed-form transient of Langevin on Gaussians
+def test_short_chains_follow_the_closed_form_transient_at_every_grid():
+    """log p_k(y) = -||y - m_k||^2 / (2 v) at grids 2 -> 4 -> 8 from a constant 1x1 start, l = 4
+    steps per grid with noise.  Per pixel, one step maps (mean, var) to
+    (m + a (mean - m), a^2 var + d^2) with a = 1 - d^2 / (2 v); up-scaling hands each pixel its
+    parent's (mean, var).  So the moments at every grid are known in closed form, and they
+    depend on every coarser grid (l is far too short to forget the start)."""
+    v, step, l, n = 0.25, 0.2, 4, 6000
+    a = 1 - step**2 / (2 * v)
+    g = torch.Generator().manual_seed(11)
+    means = [torch.randn(1, 1, s, s, generator=g) for s in (2, 4, 8)]
+    log_ps = [lambda y, m=m: -(y - m).flatten(1).pow(2).sum(1) / (2 * v) for m in means]
+    sampler = MultigridLangevin(MultigridLangevinOptions(n_steps=l, step_size=step, noise=True))
+    outs = multigrid_chain(sampler, log_ps, torch.full((n, 1, 1, 1), 0.7), 2, g)
+    mu, var = torch.full((1, 1, 1, 1), 0.7, dtype=torch.float64), torch.zeros(1, 1, 1, 1, dtype=torch.float64)
+    for m, out in zip(means, outs):
+        mu, var = upscale(mu, 2), upscale(var, 2)
+        for _ in range(l):
+            mu, var = m.double() + a * (mu - m.double()), a**2 * var + step**2
+        y = out.samples.double()
+        assert torch.allclose(y.mean(0, keepdim=True), mu, atol=0.03)
+        ratio = y.var(0, keepdim=True) / var
+        se = (2 / n) ** 0.5  # standard error of one sample variance ratio
+        assert (ratio - 1).abs().max() < 6 * se and abs(float(ratio.mean()) - 1) < 5 * se / ratio.numel() ** 0.5
+    # without the coarse grids' influence the finest mean would be m + a^l (0.7 - m): it is not
+    naive = means[-1].double() + a**l * (0.7 - means[-1].double())
+    assert (outs[-1].samples.double().mean(0, keepdim=True) - naive).abs().max() > 0.2
+
+
+# ---------------------------------------------------------------------------------------
+# objectives built directly from parts, with a sampler that records what it was given
+class _Recording:
+    """Wraps a sampler and keeps (init, mask, samples) of every run."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.n_steps = inner.n_steps
+        self.calls = []
+
+    def run(self, log_density, init, generator, mask=None):
+        out = self.inner.run(log_density, init, generator, mask=mask)
+        self.calls.append((init.clone(), None if mask is None else mask.clone(), out.samples.clone()))
+        return out
+
+
+def _descriptor(shape, grid=3):
+    return MultigridDescriptor(MultigridDescriptorOptions(
+        grid=grid, input_shape=tuple(shape), channels=(4, 6), kernels=(3, 3), strides=(2, 1)))
+
+
+def _single_parts(n_steps=2, n_train=8, shape=(3, 16, 16), step=2.0):
+    model = _descriptor(shape)
+    sampler = _Recording(MultigridLangevin(MultigridLangevinOptions(n_steps=n_steps, step_size=step,
+                                                                    clip=(0.0, 255.0))))
+    return Parts(models={"descriptor": model}, samplers={"revision": sampler},
+                 optimizers={"descriptor": torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.5, 0.999))},
+                 n_train=n_train, device=torch.device("cpu"), data_shape=tuple(shape))
+
+
+def _grid_parts(n_steps=2, sizes=(4, 16), n_train=8, step=2.0):
+    models = {f"grid{k}": _descriptor((3, s, s), k) for k, s in enumerate(sizes, 1)}
+    opts = {r: torch.optim.Adam(m.parameters(), lr=0.01, betas=(0.5, 0.999)) for r, m in models.items()}
+    sampler = _Recording(MultigridLangevin(MultigridLangevinOptions(n_steps=n_steps, step_size=step,
+                                                                    clip=(0.0, 255.0))))
+    return Parts(models=models, samplers={"revision": sampler}, optimizers=opts, n_train=n_train,
+                 device=torch.device("cpu"), data_shape=(3, sizes[-1], sizes[-1]))
+
+
+def _images(n, size=16, seed=0):
+    return 255.0 * torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_cd1_chains_start_at_the_data():
+    parts = _single_parts(n_steps=1)
+    obj = CD1(CD1Options(), parts)
+    x = _images(4)
+    res = obj.step(Batch(x, torch.arange(4)), torch.Generator().manual_seed(0))
+    ((init, mask, out),) = parts.samplers["revision"].calls
+    assert torch.equal(init, x) and mask is None
+    assert not torch.equal(out, x)  # one step moved them
+    assert torch.isfinite(res.scalars["loss_descriptor"])
+    assert torch.equal(obj.samples(6, torch.Generator())["revised"], torch.cat([out, out[:2]]))
+    x2 = _images(4, seed=1)  # CD restarts at the new batch every iteration
+    obj.step(Batch(x2, torch.arange(4, 8)), torch.Generator().manual_seed(1))
+    assert torch.equal(parts.samplers["revision"].calls[1][0], x2)
+
+
+def test_pcd_chains_persist_per_image_and_round_trip_through_state_dict():
+    import copy
+    import io
+
+    parts = _single_parts(n_steps=2, n_train=8)
+    rec = parts.samplers["revision"]
+    obj = PersistentCD(PersistentCDOptions(), parts)
+    x = _images(8)
+    g = torch.Generator().manual_seed(0)
+    obj.step(Batch(x[:4], torch.arange(4)), g)
+    obj.step(Batch(x[4:], torch.arange(4, 8)), g)
+    assert torch.equal(rec.calls[0][0], x[:4]) and torch.equal(rec.calls[1][0], x[4:])  # first visit: data
+    order = torch.tensor([0, 5, 2, 7])
+    twin = copy.deepcopy(parts)  # models, optimisers and sampler as they are now
+    buf = io.BytesIO()
+    torch.save(obj.state_dict(), buf)
+    buf.seek(0)
+    fresh = PersistentCD(PersistentCDOptions(), twin)
+    fresh.load_state_dict(torch.load(buf))
+    g_twin = torch.Generator()
+    g_twin.set_state(g.get_state())
+    res = obj.step(Batch(x[order], order), g)
+    # each image's chain continues from the sample synthesised for that image last time
+    expected = torch.stack([rec.calls[0][2][0], rec.calls[1][2][1], rec.calls[0][2][2], rec.calls[1][2][3]])
+    assert torch.equal(rec.calls[2][0], expected)
+    res_twin = fresh.step(Batch(x[order], order), g_twin)
+    assert torch.equal(twin.samplers["revision"].calls[-1][0], expected)
+    assert torch.equal(twin.samplers["revision"].calls[-1][2], rec.calls[2][2])
+    assert all(torch.equal(res.scalars[k], res_twin.scalars[k]) for k in res.scalars)
+    drawn = obj.samples(5, torch.Generator().manual_seed(2))["revised"]
+    assert all(any(torch.equal(d, b) for b in obj.buffer) for d in drawn)
+
+
+def test_pcd_fixed_chains_carry_over_between_batches():
+    parts = _single_parts(n_steps=2, n_train=8)
+    rec = parts.samplers["revision"]
+    obj = PersistentCD(PersistentCDOptions(chains="fixed", n_chains=6), parts)
+    x = _images(8)
+    g = torch.Generator().manual_seed(0)
+    obj.step(Batch(x[:4], torch.arange(4)), g)
+    assert torch.equal(rec.calls[0][0], torch.cat([x[:4], x[:2]]))  # started from the first batch
+    obj.step(Batch(x[4:], torch.arange(4, 8)), g)
+    assert torch.equal(rec.calls[1][0], rec.calls[0][2])  # not restarted at the second batch
+    with pytest.raises(ValueError, match="train_mask"):
+        PersistentCDOptions(chains="fixed", train_mask="M8")
+
+
+@pytest.mark.parametrize("start", ["own", "histogram"])
+def test_single_grid_starts_at_upscaled_1x1_images(start):
+    parts = _single_parts(n_steps=2)
+    rec = parts.samplers["revision"]
+    obj = SingleGridCD(SingleGridCDOptions(start=start), parts)
+    x = _images(4)
+    obj.step(Batch(x, torch.arange(4)), torch.Generator().manual_seed(0))
+    init = rec.calls[0][0]
+    colours = x.double().mean(dim=(2, 3))  # [4, 3], computed independently of the grid code
+    assert (init == init[:, :, :1, :1]).all()  # constant images at the finest size
+    got = init[:, :, 0, 0].double()
+    if start == "own":
+        assert torch.allclose(got, colours, rtol=0, atol=1e-3)
+    else:  # each start is one of the batch's 1x1 images
+        assert all(torch.isclose(c, colours, atol=1e-3).all(1).any() for c in got)
+    # from scratch: with 0 steps a sample is an up-scaled 1x1 training colour
+    zero = SingleGridCD(SingleGridCDOptions(start=start), _single_parts(n_steps=0))
+    zero.step(Batch(x, torch.arange(4)), torch.Generator().manual_seed(0))
+    s = zero.samples(5, torch.Generator().manual_seed(3))["revised"]
+    assert s.shape == (5, 3, 16, 16) and (s == s[:, :, :1, :1]).all()
+    assert all(torch.isclose(c, colours, atol=1e-3).all(1).any() for c in s[:, :, 0, 0].double())
+
+
+def test_mcmc_budget_is_matched():
+    """Count the descriptors' forward passes: S grids x l steps of multi-grid CD against the
+    S * l steps of PCD and single-grid CD (the paper's 3 x 30 vs 90), CD1's single step."""
+    def langevin_calls(obj, models, batch):
+        calls = []
+        hooks = [m.fc.register_forward_hook(lambda *_: calls.append(1)) for m in models]
+        obj.step(batch, torch.Generator().manual_seed(0))
+        for h in hooks:
+            h.remove()
+        return len(calls) - 2 * len(models)  # the update scores observed and synthesised once per model
+
+    batch = Batch(_images(4, size=8), torch.arange(4))
+    grids = _grid_parts(n_steps=3, sizes=(2, 4, 8))
+    mg = Multigrid(MultigridOptions(n_grids=3, factor=2), grids)
+    budget = langevin_calls(mg, list(grids.models.values()), batch)
+    assert budget == 3 * 3
+    for cls, opts, steps in ((PersistentCD, PersistentCDOptions(), 9), (SingleGridCD, SingleGridCDOptions(), 9),
+                             (CD1, CD1Options(), 1)):
+        parts = _single_parts(n_steps=steps, shape=(3, 8, 8))
+        assert langevin_calls(cls(opts, parts), [parts.models["descriptor"]], batch) == steps
+    assert budget == 9
+
+
+def test_recipes_match_the_budget():
+    from coopcore.config import read_recipe_data
+
+    def steps(name):
+        return read_recipe_data(RECIPES / name)["samplers"]["revision"]["options"]["n_steps"]
+
+    mg = read_recipe_data(RECIPES / "multigrid-celeba.toml")
+    budget = steps("multigrid-celeba.toml") * mg["objective"]["options"]["n_grids"]
+    assert budget == 90
+    assert steps("multigrid-celeba-pcd.toml") == budget and steps("multigrid-celeba-single-grid.toml") == budget
+    assert steps("multigrid-celeba-cd1.toml") == 1
+    for name in ("multigrid-celeba-pcd.toml", "multigrid-celeba-cd1.toml", "multigrid-celeba-single-grid.toml"):
+        assert read_recipe_data(RECIPES / name)["models"]["descriptor"]["name"] == "multigrid.descriptor.grid3"
+
+
+# ---------------------------------------------------------------------------------------
+# masked training (Section 7.4): the objectives draw their own masks
+def _build(kind, train_mask, n_steps=2):
+    if kind == "multigrid":
+        parts = _grid_parts(n_steps=n_steps)
+        return Multigrid(MultigridOptions(n_grids=2, factor=4, train_mask=train_mask), parts), parts
+    parts = _single_parts(n_steps=n_steps)
+    cls, opts = {"cd1": (CD1, CD1Options), "pcd": (PersistentCD, PersistentCDOptions),
+                 "single_grid": (SingleGridCD, SingleGridCDOptions)}[kind]
+    return cls(opts(train_mask=train_mask), parts), parts
+
+
+@pytest.mark.parametrize("kind", ["multigrid", "cd1", "pcd", "single_grid"])
+def test_training_mask_keeps_observed_pixels(kind):
+    obj, parts = _build(kind, "M8")
+    rec = parts.samplers["revision"]
+    x = _images(6)
+    g = torch.Generator().manual_seed(5)
+    twin = torch.Generator()
+    twin.set_state(g.get_state())
+    expected = mask_from_name("M8", 6, (3, 16, 16), twin)  # the objective draws first, one mask per image
+    res = obj.step(Batch(x, torch.arange(6)), g)
+    init, mask, out = rec.calls[-1]
+    seen = expected.bool().expand_as(x)
+    assert torch.equal(out[seen], x[seen]) and torch.equal(init[seen], x[seen])
+    assert torch.equal(mask, 1.0 - expected)  # the sampler may move exactly the 8x8 hole
+    assert not torch.equal(out[~seen], init[~seen])
+    assert torch.allclose(res.scalars["missing_fraction"], torch.tensor(64 / 256))
+    assert (expected.flatten(1).sum(1) == 256 - 64).all()
+    if kind == "multigrid":  # 4x4 grid: fully observed 4x4 blocks stay at their block means
+        c_init, c_mask, c_out = rec.calls[0]
+        full = expected.view(6, 1, 4, 4, 4, 4).amin(dim=(3, 5)) == 1
+        assert torch.equal(c_mask == 0, full) and not full.all()
+        means = x.view(6, 3, 4, 4, 4, 4).mean(dim=(3, 5))
+        assert torch.allclose(c_out[full.expand_as(c_out)], means[full.expand_as(means)], rtol=1e-6)
+        assert not torch.allclose(c_out[~full.expand_as(c_out)], c_init[~full.expand_as(c_init)])
+    # test-time completion through the same masked sampling: observed pixels come back exactly
+    observed = mask_from_name("pepper", 6, (3, 16, 16), torch.Generator().manual_seed(9))
+    done = obj.inpaint(x, observed, torch.Generator().manual_seed(1))
+    keep = observed.bool().expand_as(x)
+    assert torch.equal(done[keep], x[keep]) and not torch.equal(done[~keep], x[~keep])
+    assert torch.isfinite(done).all() and done.min() >= 0 and done.max() <= 255
+
+
+def test_bad_options_name_their_field(registries):
+    from coopcore.build import build_experiment, resolve_experiment
+    from coopcore.config import experiment_from_data
+
+    def recipe(objective, options):
+        grid = lambda k: {"name": "multigrid.descriptor", "options": {  # noqa: E731
+            "grid": k, "input_shape": [1, 4**k, 4**k], "channels": [4], "kernels": [3], "strides": [2]}}
+        models = {"grid1": grid(1), "grid2": grid(2)} if objective == "multigrid" else {"descriptor": grid(2)}
+        return experiment_from_data({
+            "run": {"iterations": 1, "tensorboard": False},
+            "data": {"name": "digits", "batch_size": 4, "options": {"size": 16, "limit": 8}},
+            "models": models,
+            "samplers": {"revision": {"name": "multigrid_langevin", "options": {"n_steps": 1}}},
+            "optimizers": {r: {"lr": 1e-3} for r in models},
+            "objective": {"name": objective, "options": options},
+        })
+
+    for objective, options, field in (
+        ("multigrid", {"n_grids": 2, "train_mask": "Q7"}, "objective.options.train_mask"),
+        ("multigrid", {"n_grids": 2, "sizes": [1, 4, 8, 16]}, "objective.options.sizes"),
+        ("multigrid", {"n_grids": 2, "coarse_keep_fraction": 0.0}, "objective.options.coarse_keep_fraction"),
+        ("multigrid.pcd", {"chains": "fixed", "train_mask": "M4"}, "objective.options.train_mask"),
+        ("multigrid.cd1", {"train_mask": "doodle2"}, "objective.options.train_mask"),
+    ):
+        with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+            resolve_experiment(recipe(objective, options), registries)
+    too_big = resolve_experiment(recipe("multigrid.single_grid", {"train_mask": "M32"}), registries)
+    with pytest.raises(ConfigError, match=r"objective\.options\.train_mask.*M32"):
+        build_experiment(too_big, registries, torch.device("cpu"))
+    sizes = resolve_experiment(recipe("multigrid", {"n_grids": 2, "sizes": [1, 4, 12]}), registries)
+    with pytest.raises(ConfigError, match=r"objective\.options\.sizes"):
+        build_experiment(sizes, registries, torch.device("cpu"))
+
+
+# ---------------------------------------------------------------------------------------
+# recipes
+RECIPE_FILES = sorted(RECIPES.glob("multigrid-*.toml"))
+
+
+def test_every_experiment_has_a_recipe():
+    names = {p.stem for p in RECIPE_FILES}
+    assert {"multigrid-celeba", "multigrid-celeba-inpainting", "multigrid-celeba-pcd", "multigrid-celeba-cd1",
+            "multigrid-celeba-single-grid", "multigrid-svhn", "multigrid-digits"} <= names
+
+
+@pytest.mark.parametrize("path", RECIPE_FILES, ids=lambda p: p.stem)
+def test_recipe_resolves_and_builds(path, registries):
+    """Every recipe resolves against the registries; its objective builds on data of the
+    recipe's shape (a stand-in tensor, so no files are needed)."""
+    from coopcore import TensorImageDataset
+    from coopcore.build import build_experiment, resolve_experiment
+    from coopcore.config import load_experiment
+
+    cfg = load_experiment(path)
+    if cfg.data.name not in registries.dataset:
+        pytest.skip(f"dataset '{cfg.data.name}' is not registered (yet)")
+    cfg = resolve_experiment(cfg, registries)
+    opts = cfg.data.options
+    size = {"celeba": opts.get("size", 64), "svhn": 32, "digits": opts.get("size", 28)}[cfg.data.name]
+    channels = 1 if cfg.data.name == "digits" else 3
+    stand_in = TensorImageDataset(torch.zeros(4, channels, size, size), name="stand-in")
+    exp = build_experiment(cfg, registries, torch.device("cpu"), dataset=stand_in)
+    assert exp.objective.required_samplers == ("revision",)
+
+
+def test_cli_trains_the_digits_recipe(tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    out = tmp_path / "run"
+    sets = [
+        "data.batch_size=8", "data.options.limit=32",
+        "models.grid1.options.channels=[4,8]", "models.grid2.options.channels=[4,8,8]",
+        "samplers.revision.options.n_steps=2", "run.iterations=3", "run.log_every=1",
+        "run.sample_every=3", "run.sample_count=4", "run.checkpoint_every=3", "run.tensorboard=false",
+    ]
+    assert run_cli(["train", "multigrid-digits", "--out", out, "--no-progress",
+                    *[a for s in sets for a in ("--set", s)]]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2, 3]
+    assert {"loss_grid1", "loss_grid2", "score_obs_grid2", "score_syn_grid2"} <= set(rows[-1])
+    for kind in ("grid1", "grid2", "revised"):
+        assert (out / "samples" / f"iter-00000003-{kind}.png").exists()
+    assert (out / "checkpoints" / "iter-00000003.ckpt").exists()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["objective"]["options"]["start"] == "own"
+    assert cfg["samplers"]["revision"]["options"]["clip"] == [-1.0, 1.0]

@@ -21,7 +21,6 @@ import math
 from typing import Literal, Optional
 
 import attrs
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

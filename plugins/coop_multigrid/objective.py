@@ -3,33 +3,50 @@
 Each iteration, for the batch of observed images Y_i (in the data's range):
 
 1. start: Y~_i^(0) = Y_i^(0), each image's own 1 x 1 version (`start = "own"`, Algorithm 1 step 3),
-   or a draw from the 1 x 1 versions of the training images seen so far (`start = "histogram"`,
-   p^(0) = the empirical distribution of the 1 x 1 images, Section 6);
+   or a draw from p^(0), the 1 x 1 versions of the training images seen so far (`start =
+   "histogram"` / `"channel_histogram"`, Section 6; see `start.py`);
 2. for each grid k = 1..S (coarse to fine): up-scale grid k-1's samples and run l Langevin
    steps under descriptor k (the sampler in role `revision`, normally `multigrid_langevin`);
 3. for each grid k: minimise mean f_k(Y~^(k)) - mean f_k(Y^(k)) with grid k's own optimiser,
-   Y^(k) the observed batch down-scaled to grid k.
+   Y^(k) the observed batch down-scaled to grid k (eq. 9).
 
 Models and optimisers are named by role `grid1`, `grid2`, ... (`n_grids` of them).  Sampling
 at grid k+1 depends only on descriptor k+1 and on grid k's samples, so updating each grid right
 after its own sampling (the code) or all grids after all sampling (Algorithm 1) give the same
 result; this implementation samples all grids, then updates.
 
-With a batch mask (1 = observed pixel; Section 7.4 inpainting) the pixels of each grid whose
-d x d block is fully observed are kept at the observed values during sampling.
+The paper's learning rate is "decayed logarithmically every 10 iterations" (the code: none).
+We read it as MatConvNet's log-spaced schedule (`logspace`), i.e. lr_t = lr_0 * r^floor(t / T):
+geometric steps, evenly spaced on a log scale.  The core expresses exactly that per optimiser
+(`[optimizers.gridK] lr_decay = r, lr_decay_every = T`), so it is not duplicated here; the
+recipes leave it off (the code) and say how to switch it on.
+
+Masked training (Section 7.4): with `train_mask` (e.g. "M32") one mask per image is drawn each
+iteration; only the masked (missing) pixels move during sampling, the rest stay as observed, at
+every grid (coarse blocks: `masking.py`).  A mask carried by the batch is honoured as well.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import attrs
 import torch
 from torch import Tensor
 
-from coopcore import Batch, ConfigError, Parts, StepResult, in_range, non_negative
+from coopcore import (
+    Batch, ConfigError, LogDensity, Parts, SamplerOutput, StepResult, all_positive, in_range, non_negative,
+)
 
-from .grids import downscale_to, draw_start, grid_sizes, start_images
+from .grids import check_sizes, downscale_to, grid_sizes, observed_block_means
+from .learning import cd_update, grad_norm
+from .masking import check_train_mask, fraction_in_unit_interval, grid_masks, mask_name, observation_mask
 from .sampler import multigrid_chain
+from .start import StartMode, StartPool
+
+
+def _optional_positive(instance: Any, attribute: Any, value: Optional[tuple[int, ...]]) -> None:
+    if value is not None:
+        all_positive(instance, attribute, value)
 
 
 @attrs.frozen(kw_only=True)
@@ -40,18 +57,29 @@ class MultigridOptions:
     n_grids: int = attrs.field(default=3, validator=in_range(1, 8))
     # d, the block size between grids (paper 4).
     factor: int = attrs.field(default=4, validator=in_range(2, 64))
+    # Explicit [start, grid1, ..., gridS] sizes (n_grids + 1 entries, each a multiple of the
+    # previous, the last = the image size), e.g. [1, 4, 16, 32] for 32x32 images; replaces
+    # `factor`.  none = grids of `factor` ending at the image size.
+    sizes: Optional[tuple[int, ...]] = attrs.field(default=None, validator=_optional_positive)
     # "own": each image's own 1x1 version (Algorithm 1); "histogram": drawn from the 1x1 versions
-    # of the training images (p^(0) of Section 6).
-    start: Literal["own", "histogram"] = "own"
-    # Number of chains with start = "histogram"; 0 = the batch size.
+    # of the training images (p^(0) of Section 6); "channel_histogram": each channel drawn
+    # from its own one-dimensional histogram.
+    start: StartMode = "own"
+    # Number of chains with a histogram start; 0 = the batch size.
     n_chains: int = attrs.field(default=0, validator=non_negative)
+    # Section 7.4: a mask name of coopcore.masks drawn per image per iteration (paper "M32",
+    # a 32x32 square at a random position); none = no masked training.
+    train_mask: Optional[str] = attrs.field(default=None, validator=mask_name)
+    # A coarse pixel is kept fixed when at least this fraction of its block is observed
+    # (1 = only fully observed blocks; partly observed blocks are sampled).  See masking.py.
+    coarse_keep_fraction: float = attrs.field(default=1.0, validator=fraction_in_unit_interval)
 
-
-def _grad_norm(module: torch.nn.Module) -> Tensor:
-    grads = [p.grad.detach().flatten() for p in module.parameters() if p.grad is not None]
-    if not grads:
-        return torch.zeros((), device=next(module.parameters()).device)
-    return torch.cat(grads).norm()
+    def __attrs_post_init__(self) -> None:
+        if self.sizes is not None and len(self.sizes) != self.n_grids + 1:
+            raise ValueError(f"'sizes' must list n_grids + 1 = {self.n_grids + 1} sizes (the start grid and "
+                             f"every learned grid), got {list(self.sizes)}")
+        if self.train_mask is not None and self.start != "own" and self.n_chains:
+            raise ValueError("'n_chains' must be 0 (one chain per image) with a 'train_mask'")
 
 
 class Multigrid:
@@ -61,6 +89,18 @@ class Multigrid:
     # the objective is built (a missing one is a ConfigError naming it).
     required_models = ("grid1",)
     required_samplers = ("revision",)
+    contract_example = {
+        "data": {"name": "synthetic", "batch_size": 4, "options": {"shape": [1, 16, 16], "n": 8}},
+        "models": {
+            "grid1": {"name": "multigrid.descriptor", "options": {
+                "grid": 1, "input_shape": [1, 4, 4], "channels": [4, 8], "kernels": [3, 3], "strides": [2, 1]}},
+            "grid2": {"name": "multigrid.descriptor", "options": {
+                "grid": 2, "input_shape": [1, 16, 16], "channels": [4, 8], "kernels": [3, 3], "strides": [2, 2]}},
+        },
+        "samplers": {"revision": {"name": "multigrid_langevin", "options": {"n_steps": 2, "step_size": 0.1}}},
+        "optimizers": {"grid1": {"name": "adam", "lr": 1e-3}, "grid2": {"name": "adam", "lr": 1e-3}},
+        "options": {"n_grids": 2, "factor": 4},
+    }
 
     def __init__(self, options: MultigridOptions, parts: Parts) -> None:
         self.options = options
@@ -78,89 +118,83 @@ class Multigrid:
         if len(shape) != 3 or shape[1] != shape[2]:
             raise ConfigError("data", f"multigrid needs square [C, H, W] images, got shape {list(shape)}")
         try:
-            self.sizes = grid_sizes(shape[1], options.factor, options.n_grids)
+            if options.sizes is not None:
+                self.sizes = check_sizes(options.sizes, shape[1])
+            else:
+                self.sizes = grid_sizes(shape[1], options.factor, options.n_grids)
         except ValueError as err:
-            raise ConfigError("objective.options", str(err)) from None
+            key = "sizes" if options.sizes is not None else "factor"
+            raise ConfigError(f"objective.options.{key}", str(err)) from None
+        self.factors = [b // a for a, b in zip(self.sizes, self.sizes[1:])]
         for role, model, size in zip(self.roles, self.models, self.sizes[1:]):
             want = (shape[0], size, size)
             if tuple(model.input_shape) != want:
                 raise ConfigError(f"models.{role}", f"grid '{role}' works on {list(want)} images, "
                                   f"the model takes {list(model.input_shape)}")
+        check_train_mask(options.train_mask, shape, "objective.options.train_mask")
         self.channels = shape[0]
-        self.pool = torch.zeros(parts.n_train, shape[0], self.sizes[0], self.sizes[0], device=parts.device)
-        self.seen = torch.zeros(parts.n_train, device=parts.device)
+        self.starts = StartPool(parts.n_train, shape[0], self.sizes[0], parts.device)
 
-    def _log_ps(self):
+    def _log_ps(self) -> list[LogDensity]:
         return [lambda y, m=m: -m.energy(y) for m in self.models]
 
-    def _remember(self, start: Tensor, index: Tensor) -> None:
-        idx = index.to(self.pool.device).long()
-        self.pool[idx] = start.detach().to(self.pool.dtype)
-        self.seen[idx] = 1.0
-
-    def _masks(self, batch: Batch) -> tuple[Optional[list], Optional[list]]:
-        if batch.mask is None:
-            return None, None
-        obs_mask = batch.mask.to(batch.x.dtype).expand_as(batch.x)
-        masks, observed = [], []
-        for size in self.sizes[1:]:
-            full = downscale_to(obs_mask, size) >= 1.0  # block fully observed
-            masks.append((~full).to(batch.x.dtype))
-            observed.append(downscale_to(batch.x, size))
-        return masks, observed
+    def _chain(self, start: Tensor, generator: torch.Generator, x: Optional[Tensor] = None,
+               observed: Optional[Tensor] = None) -> list[SamplerOutput]:
+        masks = values = None
+        if observed is not None:
+            masks, values = grid_masks(x, observed, self.sizes[1:], self.options.coarse_keep_fraction)
+        return multigrid_chain(self.sampler, self._log_ps(), start, self.factors, generator, masks, values)
 
     def step(self, batch: Batch, generator: torch.Generator) -> StepResult:
         o = self.options
         x = batch.x
-        own = start_images(x, self.sizes[0])
-        self._remember(own, batch.index)
-        if o.start == "own":
-            start = own
-        else:
-            start = draw_start(self.pool, o.n_chains or x.shape[0], generator, self.seen)
-        masks, observed = self._masks(batch)
-        if masks is not None and start.shape[0] != x.shape[0]:
+        observed = observation_mask(batch, o.train_mask, generator)
+        n = o.n_chains or x.shape[0]
+        if observed is not None and o.start != "own" and n != x.shape[0]:
             raise ConfigError("objective.options.n_chains", "masked training needs one chain per observed image")
-        outs = multigrid_chain(self.sampler, self._log_ps(), start, o.factor, generator, masks, observed)
+        start = self.starts.start(x, batch.index, n, generator, o.start)
+        outs = self._chain(start, generator, x, observed)
         scalars: dict[str, Tensor] = {}
         histograms: dict[str, Tensor] = {}
         total = torch.zeros((), device=x.device)
         for role, model, opt, size, out in zip(self.roles, self.models, self.optimizers, self.sizes[1:], outs):
-            y_obs = downscale_to(x, size)
-            y_syn = out.samples
-            f_obs = model.score(y_obs)
-            f_syn = model.score(y_syn)
-            loss = f_syn.mean() - f_obs.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total = total + loss.detach()
-            scalars[f"loss_{role}"] = loss.detach()
-            scalars[f"score_obs_{role}"] = f_obs.detach().mean()
-            scalars[f"score_syn_{role}"] = f_syn.detach().mean()
-            scalars[f"grad_norm_{role}"] = _grad_norm(model)
+            loss, f_obs, f_syn = cd_update(model, opt, downscale_to(x, size), out.samples)
+            total = total + loss
+            scalars[f"loss_{role}"] = loss
+            scalars[f"score_obs_{role}"] = f_obs.mean()
+            scalars[f"score_syn_{role}"] = f_syn.mean()
+            scalars[f"grad_norm_{role}"] = grad_norm(model)
             if out.grad_norms.numel():
                 scalars[f"langevin_grad_norm_{role}"] = out.grad_norms[-1]
-            histograms[f"score_obs_{role}"] = f_obs.detach()
-            histograms[f"score_syn_{role}"] = f_syn.detach()
+            histograms[f"score_obs_{role}"] = f_obs
+            histograms[f"score_syn_{role}"] = f_syn
         scalars["loss_descriptor"] = total
+        if observed is not None:
+            scalars["missing_fraction"] = 1.0 - observed.mean()
         return StepResult(scalars=scalars, histograms=histograms)
 
     def samples(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
         """Finest-grid samples (`revised`) and each grid's (`grid1`, ...), from start images drawn
-        from the 1 x 1 versions of the training images seen so far."""
-        if not bool(self.seen.any()):
-            raise RuntimeError("multigrid has no 1x1 training images before its first iteration")
-        start = draw_start(self.pool, n, generator, self.seen)
-        outs = multigrid_chain(self.sampler, self._log_ps(), start, self.options.factor, generator)
+        from p^(0), the 1 x 1 versions of the training images seen so far."""
+        mode = "channel_histogram" if self.options.start == "channel_histogram" else "histogram"
+        outs = self._chain(self.starts.draw(n, generator, mode), generator)
         named = {role: out.samples.detach() for role, out in zip(self.roles, outs)}
         named["revised"] = outs[-1].samples.detach()
         return named
 
+    def inpaint(self, y: Tensor, observed: Tensor, generator: torch.Generator) -> Tensor:
+        """Complete images `y` [B, C, H, W] whose pixels with `observed` == 0 are unknown.
+
+        The chain starts at the 1 x 1 mean of each image's OBSERVED pixels (the hole is not
+        known at test time) and runs the masked multi-grid sampling of training; observed
+        pixels come back exactly as given."""
+        observed = observed.to(y.device, y.dtype)
+        start, _ = observed_block_means(y, observed, self.sizes[0])
+        return self._chain(start, generator, y, observed)[-1].samples.detach()
+
     def state_dict(self) -> dict[str, Any]:
-        return {"pool": self.pool.detach().cpu(), "seen": self.seen.detach().cpu()}
+        return self.starts.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if "pool" in state:
-            self.pool = state["pool"].to(self.pool.device)
-            self.seen = state["seen"].to(self.seen.device)
+            self.starts.load_state_dict(state)

@@ -1,9 +1,10 @@
 """Entry point of the multigrid plugin (Gao et al., CVPR 2018): the per-grid descriptors, the
-multi-grid Langevin sampler and the multi-grid minimal CD objective."""
+multi-grid Langevin sampler, the multi-grid minimal CD objective and its three baselines."""
 from __future__ import annotations
 
 from coopcore import hookimpl, preset_options
 
+from .baselines import CD1, CD1Options, PersistentCD, PersistentCDOptions, SingleGridCD, SingleGridCDOptions
 from .networks import MultigridDescriptor, MultigridDescriptorOptions
 from .objective import Multigrid, MultigridOptions
 from .sampler import MultigridLangevin, MultigridLangevinOptions
@@ -31,9 +32,15 @@ def coop_register_energy_models(registry) -> None:
 @hookimpl
 def coop_register_samplers(registry) -> None:
     registry.add("multigrid_langevin", MultigridLangevin, MultigridLangevinOptions,
-                 "multigrid Langevin: Y += (d^2/2) grad log p, no noise, d = 0.3, l = 30, optional clip")
+                 "multigrid Langevin (eq. 8): Y += (d^2/2) grad log p [+ d N(0,I)], d = 0.3, l = 30, optional clip")
 
 
 @hookimpl
 def coop_register_objectives(registry) -> None:
     registry.add("multigrid", Multigrid, MultigridOptions, "multi-grid minimal CD (Gao et al. Algorithm 1)")
+    registry.add("multigrid.cd1", CD1, CD1Options,
+                 "multigrid baseline CD1: chains start at the observed images (Gao et al. Section 7)")
+    registry.add("multigrid.pcd", PersistentCD, PersistentCDOptions,
+                 "multigrid baseline persistent CD: per-image chains carried across epochs (Gao et al. 5.1, 7)")
+    registry.add("multigrid.single_grid", SingleGridCD, SingleGridCDOptions,
+                 "multigrid baseline single-grid CD: 1x1 start up-scaled straight to the finest grid (Gao et al. 7)")
