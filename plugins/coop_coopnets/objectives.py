@@ -11,11 +11,12 @@
 
 Losses follow the authors' code: descriptor mean f(syn) - mean f(obs) (minimised, the
 negative of eq. 8's ascent direction); generator sum over pixels of the batch mean of
-(Y~ - g(X))^2 / (2 sigma^2) (eq. 16 as a loss).
+(Y~ - g(X))^2 / (2 sigma^2) (eq. 16 as a loss), or, with `generator_loss = "mean"`, the mean
+over all elements as the spatial-temporal code has it (Table 6).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Literal, Mapping, Optional
 
 import attrs
 import torch
@@ -24,8 +25,11 @@ from torch import Tensor
 from coopcore import Batch, Parts, StepResult, generator_log_joint, non_negative, positive
 
 
-def _reconstruction_loss(y: Tensor, recon: Tensor, sigma: float) -> Tensor:
-    """Sum over pixels of the batch-mean squared error, over 2 sigma^2."""
+def _reconstruction_loss(y: Tensor, recon: Tensor, sigma: float, reduction: str = "sum") -> Tensor:
+    """Squared error over 2 sigma^2: summed over pixels and averaged over the batch ("sum", eq. 16
+    as in the image code), or averaged over every element ("mean", the spatial-temporal code)."""
+    if reduction == "mean":
+        return (y - recon).pow(2).mean() / (2.0 * sigma**2)
     return (y - recon).pow(2).sum() / (y.shape[0] * 2.0 * sigma**2)
 
 
@@ -65,6 +69,10 @@ class CoopNetsOptions:
     generator_steps: int = attrs.field(default=1, validator=positive)
     # Paper: Y^ = g(X^) + eps, eps ~ N(0, sigma^2); the authors' code omits eps (default).
     init_noise: bool = False
+    # G2 loss: "sum" = sum over pixels of the batch mean of (Y~ - g(X))^2 / (2 sigma^2) (eq. 16,
+    # the image code); "mean" = the mean over all elements, / (2 sigma^2) (the spatial-temporal
+    # code, Table 6, with sigma = 1).  They differ by the factor pixels-per-example.
+    generator_loss: Literal["sum", "mean"] = "sum"
 
 
 class CoopNets:
@@ -72,6 +80,20 @@ class CoopNets:
 
     required_models = ("descriptor", "generator")
     required_samplers = ("revision",)
+    # The tiny configuration the registry-wide contract test builds (coopcore.contract).
+    contract_example = {
+        "data": {"name": "synthetic", "batch_size": 4, "options": {"shape": [1, 8, 8], "n": 8}},
+        "models": {
+            "descriptor": {"name": "coopnets.descriptor", "options": {
+                "input_shape": [1, 8, 8], "channels": [4], "kernels": [3], "strides": [2], "fc_outputs": 2,
+                "reference_std": 0.5}},
+            "generator": {"name": "coopnets.generator", "options": {
+                "latent_dim": 4, "out_channels": 1, "sizes": [4, 8], "channels": [4], "kernels": [4, 4]}},
+        },
+        "samplers": {"revision": {"name": "langevin", "options": {"n_steps": 2, "step_size": 0.05}}},
+        "optimizers": {"descriptor": {"name": "adam", "lr": 1e-3}, "generator": {"name": "adam", "lr": 1e-3}},
+        "options": {"n_chains": 4},
+    }
 
     def __init__(self, options: CoopNetsOptions, parts: Parts) -> None:
         self.options = options
@@ -110,7 +132,7 @@ class CoopNets:
         recon_before = None
         for _ in range(o.generator_steps):  # G2
             recon = self.generator(z)
-            loss_g = _reconstruction_loss(y_syn, recon, self.generator.sigma)
+            loss_g = _reconstruction_loss(y_syn, recon, self.generator.sigma, o.generator_loss)
             if recon_before is None:
                 recon_before = (y_syn - recon.detach()).pow(2).mean()
             self.opt_g.zero_grad(set_to_none=True)
@@ -161,6 +183,16 @@ class AlgorithmD:
 
     required_models = ("descriptor",)
     required_samplers = ("revision",)
+    # The tiny configuration the registry-wide contract test builds (coopcore.contract).
+    contract_example = {
+        "data": {"name": "synthetic", "batch_size": 4, "options": {"shape": [1, 8, 8], "n": 8}},
+        "models": {"descriptor": {"name": "coopnets.descriptor", "options": {
+            "input_shape": [1, 8, 8], "channels": [4], "kernels": [3], "strides": [2], "fc_outputs": 2,
+            "reference_std": 0.5}}},
+        "samplers": {"revision": {"name": "langevin", "options": {"n_steps": 2, "step_size": 0.05}}},
+        "optimizers": {"descriptor": {"name": "adam", "lr": 1e-3}},
+        "options": {"n_chains": 4, "persistent": True},
+    }
 
     def __init__(self, options: AlgorithmDOptions, parts: Parts) -> None:
         self.options = options
@@ -225,6 +257,15 @@ class AlgorithmG:
 
     required_models = ("generator",)
     required_samplers = ("inference",)
+    # The tiny configuration the registry-wide contract test builds (coopcore.contract).
+    contract_example = {
+        "data": {"name": "synthetic", "batch_size": 4, "options": {"shape": [1, 8, 8], "n": 8}},
+        "models": {"generator": {"name": "coopnets.generator", "options": {
+            "latent_dim": 4, "out_channels": 1, "sizes": [4, 8], "channels": [4], "kernels": [4, 4]}}},
+        "samplers": {"inference": {"name": "langevin", "options": {"n_steps": 2, "step_size": 0.1}}},
+        "optimizers": {"generator": {"name": "adam", "lr": 1e-3}},
+        "options": {"persistent_latents": True},
+    }
 
     def __init__(self, options: AlgorithmGOptions, parts: Parts) -> None:
         self.options = options

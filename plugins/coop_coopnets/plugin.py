@@ -7,8 +7,15 @@ from coopcore import hookimpl, preset_options
 from coopcore.repro import load_table_spec, packaged_file
 
 from .networks import ConvDescriptor, ConvDescriptorOptions, ConvGenerator, ConvGeneratorOptions
+from .networks3d import (
+    SpatialTemporalDescriptor,
+    SpatialTemporalDescriptorOptions,
+    SpatialTemporalGenerator,
+    SpatialTemporalGeneratorOptions,
+)
 from .objectives import AlgorithmD, AlgorithmDOptions, AlgorithmG, AlgorithmGOptions, CoopNets, CoopNetsOptions
 from .samplers import Langevin, LangevinInferenceOptions, LangevinOptions, LangevinRevisionOptions
+from .texture import TextureDescriptor, TextureDescriptorOptions, TextureGenerator, TextureGeneratorOptions
 
 # name -> (summary, option defaults).  Defaults follow the authors' code where recipes.md
 # records it (LeakyReLU 0.2, init N(0, 0.01)); the paper's ReLU / N(0, 0.001) are options.
@@ -81,6 +88,11 @@ def coop_register_energy_models(registry) -> None:
                  "configurable bottom-up ConvNet descriptor (channels/kernels/strides lists)")
     for name, (summary, defaults) in DESCRIPTORS.items():
         registry.add(name, ConvDescriptor, preset_options(ConvDescriptorOptions, _camel(name), summary, **defaults), summary)
+    registry.add("coopnets.descriptor.spatial_temporal", SpatialTemporalDescriptor, SpatialTemporalDescriptorOptions,
+                 "TPAMI 4.7 spatial-temporal descriptor (clips [3, 64, 128, 128]): 5x5x5 s2 120, "
+                 "spatially fully connected 30 (t5 s2), 1x1x5 s2 10, f = sum")
+    registry.add("coopnets.descriptor.texture", TextureDescriptor, TextureDescriptorOptions,
+                 "TPAMI 4.1 texture descriptor (224x224): 15x15 s3 100, 9x9 70, 7x7 30, f = sum over positions")
 
 
 @hookimpl
@@ -89,6 +101,11 @@ def coop_register_generators(registry) -> None:
                  "configurable top-down ConvNet generator (sizes/channels/kernels lists)")
     for name, (summary, defaults) in GENERATORS.items():
         registry.add(name, ConvGenerator, preset_options(ConvGeneratorOptions, _camel(name), summary, **defaults), summary)
+    registry.add("coopnets.generator.spatial_temporal", SpatialTemporalGenerator, SpatialTemporalGeneratorOptions,
+                 "TPAMI 4.7 spatial-temporal generator: z 5x10x1x1 -> 1x1x5 256 -> spatially full 128 -> "
+                 "5x5x5 up 2 64 -> 5x5x2 up (2,2,1) 3, clips [3, 64, 128, 128]")
+    registry.add("coopnets.generator.texture", TextureGenerator, TextureGeneratorOptions,
+                 "TPAMI 4.1 texture generator: 7x7 latent map, five 5x5 transposed convs up 2 -> 224x224")
 
 
 @hookimpl
