@@ -78,6 +78,11 @@ def test_contract_catches_an_objective_without_an_example(registries):
         def __init__(self, options, parts):
             pass
 
+        def step(self, batch, generator):
+            raise AssertionError("not reached")
+
+        samples = state_dict = load_state_dict = step
+
     registries.objective.add("test.no_example", NoExample, owner="test")
     with pytest.raises(ContractViolation, match="contract_example"):
         check_entry(registries, "objective", "test.no_example")
