@@ -9,7 +9,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .config import all_positive, in_range, non_negative, positive, preset_options
-from .data import BatchSchedule, ImageDataset, TensorImageDataset, minmax_to_unit_range
+from .data import BatchSchedule, ImageDataset, TensorImageDataset, minmax_to_unit_range, value_range
 from .errors import CheckpointError, ConfigError, CoopError, RegistryError, RunFailure, UsageError
 from .hookspecs import hookimpl
 from .metrics import EvalContext, Metric, MetricResult, draw_samples
@@ -35,6 +35,6 @@ __all__ = [
     "Batch", "BatchSchedule", "CheckpointError", "ConfigError", "CoopError", "Encoder", "EnergyModel",
     "EnergyModelBase", "EvalContext", "Generator", "GeneratorBase", "ImageDataset", "LogDensity", "Metric",
     "MetricResult", "NoOptions", "Objective", "Parts", "RegistryError", "RunFailure", "Sampler", "SamplerOutput",
-    "StepResult", "TensorImageDataset", "UsageError", "all_positive", "draw_samples", "generator_log_joint",
+    "StepResult", "TensorImageDataset", "UsageError", "all_positive", "value_range", "draw_samples", "generator_log_joint",
     "hookimpl", "in_range", "minmax_to_unit_range", "non_negative", "positive", "preset_options",
 ]

@@ -181,6 +181,7 @@ class _DataShape:
         self.n = int(info.get("n", 1))
         self.shape = tuple(info.get("shape", ()))
         self.name = str(info.get("name", "(not loaded)"))
+        self.value_range = tuple(info.get("value_range", (-1.0, 1.0)))
 
     def __len__(self) -> int:
         return self.n
@@ -194,6 +195,7 @@ class _DataShape:
 @click.option("--device", help="cpu, cuda, cuda:N or auto.")
 def sample_cmd(run: Path, n: int, out: Optional[Path], seed: int, device: Optional[str]) -> None:
     """Write PNG grids of samples from RUN's last checkpoint (generator and Langevin-revised)."""
+    from .data import value_range
     from .images import save_grid
     from .rng import make_generator
 
@@ -202,7 +204,8 @@ def sample_cmd(run: Path, n: int, out: Optional[Path], seed: int, device: Option
     gen = make_generator(seed, exp.device)
     named = exp.objective.samples(n, gen)
     for kind, images in named.items():
-        p = save_grid(images, out / f"sample-iter-{trainer.iteration:08d}-{kind}-seed{seed}.png")
+        p = save_grid(images, out / f"sample-iter-{trainer.iteration:08d}-{kind}-seed{seed}.png",
+                      value_range=value_range(exp.dataset))
         click.echo(str(p))
 
 

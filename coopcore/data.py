@@ -29,12 +29,22 @@ class ImageDataset(Protocol):
     def get_batch(self, index: Tensor) -> Tensor: ...
 
 
+def value_range(dataset: object) -> tuple[float, float]:
+    """The range a dataset's examples lie in, for display: its optional `value_range`
+    attribute, else [-1, 1] (the usual model range).  Datasets of raw pixel values (multigrid's
+    0..255) declare theirs so sample grids are not saturated."""
+    lo, hi = getattr(dataset, "value_range", (-1.0, 1.0))
+    return float(lo), float(hi)
+
+
 class TensorImageDataset:
     """An in-memory dataset backed by one tensor [N, *shape]."""
 
-    def __init__(self, images: Tensor, name: str, labels: Optional[Tensor] = None) -> None:
+    def __init__(self, images: Tensor, name: str, labels: Optional[Tensor] = None,
+                 value_range: tuple[float, float] = (-1.0, 1.0)) -> None:
         if images.dim() < 2:
             raise ValueError("images must be [N, ...]")
+        self.value_range = (float(value_range[0]), float(value_range[1]))
         self.images = images.contiguous()
         self.labels = labels
         self.name = name

@@ -27,7 +27,7 @@ from . import __version__
 from .build import Experiment
 from .checkpoint import CheckpointDir
 from .config import config_hash, unstructure
-from .data import BatchSchedule
+from .data import BatchSchedule, value_range
 from .errors import CoopError, RunFailure, UsageError
 from .images import save_grid
 from .metrics import EvalContext, MetricResult
@@ -139,7 +139,8 @@ class Trainer:
             "rng": capture_rng_state(self.generator),
             "evaluations": self.evaluations,
             "data": {"n": len(self.exp.dataset), "shape": list(self.exp.dataset.shape),
-                     "name": getattr(self.exp.dataset, "name", "")},
+                     "name": getattr(self.exp.dataset, "name", ""),
+                     "value_range": list(value_range(self.exp.dataset))},
         }
 
     def load_payload(self, payload: dict[str, Any]) -> None:
@@ -216,12 +217,13 @@ class Trainer:
         paths = []
         tb = self._tb()
         for kind, images in named.items():
-            p = save_grid(images, self.run_dir / "samples" / f"iter-{self.iteration:08d}-{kind}.png")
+            vr = value_range(self.exp.dataset)
+            p = save_grid(images, self.run_dir / "samples" / f"iter-{self.iteration:08d}-{kind}.png", value_range=vr)
             paths.append(p)
             if tb is not None and images.dim() == 4:
                 from .images import make_grid
 
-                grid = make_grid(images)
+                grid = make_grid(images, value_range=vr)
                 tb.add_image(f"samples/{kind}", grid if grid.ndim == 3 else grid[:, :, None], self.iteration, dataformats="HWC")
         return paths
 

@@ -544,3 +544,23 @@ def test_cli_exit_2_for_an_empty_root(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert "cifar-10-batches-py" in err and str(empty) in err and "Traceback" not in err
+
+
+def test_raw_pixel_datasets_declare_their_display_range(tmp_path):
+    """Sample grids of raw 0..255 data (multigrid's convention) are drawn in 0..255, not
+    saturated by the default [-1, 1] display range."""
+    import numpy as np
+    from PIL import Image
+
+    from coopcore import TensorImageDataset, value_range
+    from coopcore.images import save_grid
+    from coop_datasets.storage import Uint8ImageDataset
+
+    pixels = torch.full((2, 1, 4, 4), 128, dtype=torch.uint8)
+    raw = Uint8ImageDataset(pixels, "raw", "raw255")
+    assert value_range(raw) == (0.0, 255.0)
+    assert value_range(Uint8ImageDataset(pixels, "unit", "unit")) == (-1.0, 1.0)
+    assert value_range(TensorImageDataset(torch.zeros(1, 1, 2, 2), "t")) == (-1.0, 1.0)
+    path = save_grid(raw.get_batch(torch.arange(2)), tmp_path / "g.png", scale=1, value_range=value_range(raw))
+    arr = np.asarray(Image.open(path))
+    assert set(np.unique(arr[2:6, 2:6])) == {128}  # mid grey, as stored

@@ -73,6 +73,11 @@ class Uint8ImageDataset:
     def __len__(self) -> int:
         return int(self.pixels.shape[0])
 
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """Where the scaled pixels lie (for sample grids): 0..255 raw, else [-1, 1]."""
+        return (0.0, 255.0) if self.scaling == "raw255" else (-1.0, 1.0)
+
     def get_batch(self, index: Tensor) -> Tensor:
         return scale_pixels(self.pixels.index_select(0, index.to(torch.long).cpu()), self.scaling)
 
@@ -95,6 +100,11 @@ class LazyImageDataset:
 
     def __len__(self) -> int:
         return self._n
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """Where the scaled pixels lie (for sample grids): 0..255 raw, else [-1, 1]."""
+        return (0.0, 255.0) if self.scaling == "raw255" else (-1.0, 1.0)
 
     def get_batch(self, index: Tensor) -> Tensor:
         idx = [int(i) for i in index.to(torch.long).cpu().tolist()]

@@ -73,4 +73,5 @@ def texture_dataset(options: TextureOptions, root: Optional[Path] = None) -> Ten
     """One texture image (embedded brick/grass/gravel or a file), resized: a dataset of length 1."""
     img = convert(texture_image(options.image, root), options.color)
     pixels = torch.from_numpy(to_chw(resize(img, options.size))).unsqueeze(0)
-    return TensorImageDataset(scale_pixels(pixels, options.scaling), name=f"texture-{Path(options.image).stem}")
+    return TensorImageDataset(scale_pixels(pixels, options.scaling), name=f"texture-{Path(options.image).stem}",
+                              value_range=(0.0, 255.0) if options.scaling == "raw255" else (-1.0, 1.0))
