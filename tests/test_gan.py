@@ -1,6 +1,6 @@
 """The GAN plugin (`coop_gan`): loss values and gradients against hand-computed examples, the
-WGAN-GP and R1 penalties on linear critics, lazy R1, and one `gan` objective step per loss with
-tiny CoopNets networks."""
+WGAN-GP and R1 penalties on linear critics, lazy R1, the generator's EMA against its closed
+form, and the `gan` objective built through the registries with tiny DCGAN networks."""
 from __future__ import annotations
 
 import math
@@ -139,23 +139,60 @@ def test_lazy_r1_every_kth_step_scaled_by_k():
     assert one.item() == pytest.approx(eager, rel=1e-12)
 
 
-# --- the objective ----------------------------------------------------------------------------
-def _tiny_gan(options, seed=0):
-    from coop_coopnets.networks import ConvDescriptor, ConvDescriptorOptions, ConvGenerator, ConvGeneratorOptions
+# --- EMA ---------------------------------------------------------------------------------------
+def test_ema_beta_is_a_half_life_in_images():
+    from coop_gan.ema import ema_beta
 
-    torch.manual_seed(seed)
-    d = ConvDescriptor(ConvDescriptorOptions(input_shape=(1, 16, 16), channels=(8, 16), kernels=(4, 4),
-                                             strides=(2, 2), fc_outputs=4))
-    g = ConvGenerator(ConvGeneratorOptions(latent_dim=8, out_channels=1, sizes=(4, 8, 16), channels=(16, 8),
-                                           kernels=(4, 4, 4)))
-    opts = {"descriptor": torch.optim.Adam(d.parameters(), 1e-2, betas=(0.5, 0.999)),
-            "generator": torch.optim.Adam(g.parameters(), 1e-2, betas=(0.5, 0.999))}
-    parts = Parts(models={"descriptor": d, "generator": g}, samplers={}, optimizers=opts, n_train=8,
-                  device=torch.device("cpu"), data_shape=(1, 16, 16))
+    # 500k-image half-life, batch 64, no ramp-up: after 500k / 64 updates the old weights count 1/2.
+    beta = ema_beta(64, 10**9, 500.0, None)
+    assert beta ** (500_000 / 64) == pytest.approx(0.5, rel=1e-9)
+    # ramp-up 0.05 after 100k images: half-life 5k images.
+    assert ema_beta(64, 100_000, 500.0, 0.05) == pytest.approx(0.5 ** (64 / 5000), rel=1e-12)
+    assert ema_beta(64, 10**9, 500.0, 0.05) == pytest.approx(beta, rel=1e-12)  # capped at ema_kimg
+
+
+def test_generator_ema_update_matches_the_formula():
+    from coop_gan.ema import GeneratorEMA
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = GeneratorEMA(net)
+    old = [p.detach().clone() for p in ema.module.parameters()]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+        net[1].running_mean.fill_(3.0)
+    ema.update(net, 0.9)
+    for p_old, p_ema, p in zip(old, ema.module.parameters(), net.parameters()):
+        assert torch.allclose(p_ema, 0.9 * p_old + 0.1 * p)
+    assert torch.equal(ema.module[1].running_mean, torch.full((2,), 3.0))  # buffers copied
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+# --- the objective, built through the registries as a recipe would ---------------------------
+def _recipe(options: dict, seed: int = 0) -> dict:
+    return {
+        "run": {"name": "t", "seed": seed, "iterations": 4, "tensorboard": False},
+        "data": {"name": "synthetic", "batch_size": 6, "options": {"shape": [1, 16, 16], "n": 12}},
+        "models": {
+            "descriptor": {"name": "gan.discriminator.dcgan", "options": {"input_shape": [1, 16, 16], "channels": [8, 16]}},
+            "generator": {"name": "gan.generator.dcgan",
+                          "options": {"latent_dim": 8, "output_shape": [1, 16, 16], "channels": [16, 8]}},
+        },
+        "optimizers": {"descriptor": {"name": "adam", "lr": 1e-2, "betas": [0.5, 0.999]},
+                       "generator": {"name": "adam", "lr": 1e-2, "betas": [0.5, 0.999]}},
+        "objective": {"name": "gan", "options": options},
+    }
+
+
+def _tiny_gan(options, seed=0):
+    from coopcore.build import build_experiment, resolve_experiment
+    from coopcore.config import experiment_from_data
+
     reg = load_registries()
-    entry = reg.objective.get("gan")
-    obj = reg.objective.create("gan", entry.options(**options), parts=parts)
-    return obj, d, g
+    cfg = resolve_experiment(experiment_from_data(_recipe(options, seed)), reg)
+    torch.manual_seed(seed)
+    exp = build_experiment(cfg, reg, torch.device("cpu"))
+    return exp.objective, exp.parts.models["descriptor"], exp.parts.models["generator"]
 
 
 def _batch():
@@ -164,11 +201,11 @@ def _batch():
 
 
 @pytest.mark.parametrize("options", [
-    dict(loss="ns"), dict(loss="hinge"), dict(loss="wgan"), dict(loss="wgan", gp_lambda=10.0, d_steps=2),
-    dict(loss="ns", r1_gamma=1.0, r1_interval=2),
+    dict(loss="ns"), dict(loss="hinge"), dict(loss="wgan"), dict(loss="wgan_gp", d_steps=2),
+    dict(loss="wgan", gp_lambda=10.0), dict(loss="ns", r1_gamma=1.0, r1_interval=2),
 ])
 def test_gan_step_updates_both_networks(options):
-    obj, d, g = _tiny_gan(options)
+    obj, d, g = _tiny_gan({**options, "g_ema_kimg": 0.0})
     assert isinstance(obj, Objective)
     assert obj.required_models == ("descriptor", "generator") and tuple(obj.required_samplers) == ()
     before_d = [p.detach().clone() for p in d.parameters()]
@@ -179,22 +216,78 @@ def test_gan_step_updates_both_networks(options):
         assert v.dim() == 0 and torch.isfinite(v), k
     assert any(not torch.equal(a, b) for a, b in zip(before_d, d.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(before_g, g.parameters()))
-    assert (res.scalars["gp"] > 0) == (options.get("gp_lambda", 0) > 0)
+    has_gp = options["loss"] == "wgan_gp" or options.get("gp_lambda", 0) > 0
+    assert (res.scalars["gp"] > 0) == has_gp
     assert (res.scalars["r1"] > 0) == (options.get("r1_gamma", 0) > 0)  # step 0: lazy R1 is due
-    assert obj.state_dict() == {"d_updates": options.get("d_steps", 1)}
+    assert obj.state_dict() == {"d_updates": options.get("d_steps", 1), "images": 6}
+    assert all(p.requires_grad for p in d.parameters())  # the G step restored D's flags
     s = obj.samples(3, torch.Generator().manual_seed(1))
     assert set(s) == {"generator"} and s["generator"].shape == (3, 1, 16, 16)
 
 
+def test_generator_step_leaves_the_discriminator_alone():
+    obj, d, g = _tiny_gan({"loss": "ns", "g_ema_kimg": 0.0})
+    d.requires_grad_(True)
+    d.net[0].bias.requires_grad_(False)  # a frozen parameter stays frozen
+    for p in d.parameters():
+        p.grad = torch.zeros_like(p)
+    before = [p.detach().clone() for p in d.parameters()]
+    before_g = [p.detach().clone() for p in g.parameters()]
+    obj.adversarial.g_update(6, torch.Generator().manual_seed(0))
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in d.parameters())  # no gradient reached D
+    assert all(torch.equal(a, p) for a, p in zip(before, d.parameters()))
+    assert any(not torch.equal(a, p) for a, p in zip(before_g, g.parameters()))
+    assert [p.requires_grad for p in d.parameters()] == [p is not d.net[0].bias for p in d.parameters()]
+
+
+def test_gan_losses_reach_the_objective():
+    """The objective's reported D loss is the loss function of the logits it reports (NS)."""
+    obj, d, g = _tiny_gan({"loss": "ns", "g_ema_kimg": 0.0})
+    gen = torch.Generator().manual_seed(0)
+    z = g.sample_latent(6, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected_fake = d.score(g(z))
+        expected_real = d.score(_batch().x)
+    res = obj.step(_batch(), gen)  # the same generator state draws the same latents first
+    assert torch.allclose(res.scalars["d_fake"], expected_fake.mean())
+    assert torch.allclose(res.scalars["d_real"], expected_real.mean())
+    assert torch.allclose(res.scalars["loss_d"], d_loss("ns", expected_real, expected_fake))
+
+
 def test_gan_lazy_r1_in_the_objective_and_state():
-    obj, _, _ = _tiny_gan(dict(loss="ns", r1_gamma=1.0, r1_interval=2))
+    obj, _, _ = _tiny_gan(dict(loss="ns", r1_gamma=1.0, r1_interval=2, g_ema_kimg=0.0))
     gen = torch.Generator().manual_seed(0)
     r1 = [obj.step(_batch(), gen).scalars["r1"].item() for _ in range(4)]
     assert [v > 0 for v in r1] == [True, False, True, False]
-    assert obj.state_dict() == {"d_updates": 4}
-    other, _, _ = _tiny_gan(dict(loss="ns", r1_gamma=1.0, r1_interval=2))
-    other.load_state_dict({"d_updates": 3})
+    assert obj.state_dict() == {"d_updates": 4, "images": 24}
+    other, _, _ = _tiny_gan(dict(loss="ns", r1_gamma=1.0, r1_interval=2, g_ema_kimg=0.0))
+    other.load_state_dict({"d_updates": 3, "images": 18})
     assert other.step(_batch(), gen).scalars["r1"].item() == 0.0  # update 3 is not due
+
+
+def test_gan_ema_samples_and_state():
+    from coop_gan.ema import ema_beta
+
+    obj, _, g = _tiny_gan({"loss": "hinge", "g_ema_kimg": 0.01, "g_ema_rampup": "none"})
+    ema = obj.tracker.ema.module
+    expected = [p.detach().clone() for p in g.parameters()]  # the average starts at G
+    gen = torch.Generator().manual_seed(0)
+    beta = ema_beta(6, 0, 0.01, None)  # 0.5 ** (6 / 10)
+    for _ in range(3):
+        obj.step(_batch(), gen)
+        expected = [beta * e + (1 - beta) * p.detach() for e, p in zip(expected, g.parameters())]
+    for e, p in zip(expected, ema.parameters()):
+        assert torch.allclose(e, p, atol=1e-6)
+    s = obj.samples(4, torch.Generator().manual_seed(5))
+    z = g.sample_latent(4, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.allclose(s["generator"], ema(z)) and torch.allclose(s["generator_raw"], g(z))
+    assert not torch.allclose(s["generator"], s["generator_raw"])
+    state = obj.state_dict()
+    assert state["images"] == 18 and set(state["g_ema"]) == set(g.state_dict())
+    fresh, _, _ = _tiny_gan({"loss": "hinge", "g_ema_kimg": 0.01, "g_ema_rampup": "none"})
+    fresh.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.tracker.ema.module.parameters(), ema.parameters()))
 
 
 def test_gan_step_is_reproducible():
@@ -209,11 +302,21 @@ def test_gan_options_are_validated():
     entry = load_registries().objective.get("gan")
     with pytest.raises((ValueError, TypeError)):
         entry.options(loss="lsgan")
-    with pytest.raises((ValueError, TypeError)):
+    with pytest.raises(ValueError, match="'r1_interval'"):
         entry.options(r1_interval=0)
+    with pytest.raises(ValueError, match="'gp_lambda'"):
+        entry.options(loss="wgan_gp", gp_lambda=0.0)
+    assert entry.options(loss="wgan_gp").gp_weight == 10.0
+    assert entry.options(loss="wgan_gp", gp_lambda=5.0).gp_weight == 5.0
+    assert entry.options(loss="hinge").gp_weight == 0.0
+    assert entry.options(loss="wgan_gp").base_loss == "wgan"
+    assert (entry.options().g_ema_kimg, entry.options().g_ema_rampup) == (500.0, 0.05)  # StyleGAN2-ADA cifar
     from coopcore.config import structure
     from coopcore.errors import ConfigError
 
-    with pytest.raises(ConfigError):  # what a recipe's [objective] options go through
+    with pytest.raises(ConfigError, match="objective.options.r1_gama"):  # what a recipe's options go through
         structure(entry.options, {"loss": "ns", "r1_gama": 1.0}, "objective.options")
+    with pytest.raises(ConfigError, match="objective.options.gp_lambda"):
+        structure(entry.options, {"loss": "wgan_gp", "gp_lambda": 0.0}, "objective.options")
     assert structure(entry.options, {"loss": "wgan", "gp_lambda": 10.0}, "objective.options").gp_lambda == 10.0
+    assert structure(entry.options, {"g_ema_rampup": "none"}, "objective.options").g_ema_rampup is None

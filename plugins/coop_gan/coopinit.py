@@ -1,0 +1,264 @@
+"""CoopInit (Zhao, Xie, Li, AAAI 2023): Algorithm 1 (cooperative learning, objective
+`coopinit.coop`) and Algorithm 2 (CoopInit schedule, objective `coopinit`).
+
+Algorithm 1, one iteration on a batch x of n observed examples:
+
+- G1: z^ ~ N(0, I), x^ = G(z^);
+- D1: x~ = x^, then T times  x~ <- x~ + eta grad_x D(x~) + eps  (eq. 4), the Langevin dynamics
+  of the descriptor p(x) = exp(D(x)) / Z (eq. 1);
+- D2: one descriptor step on  mean D(x~) - mean D(x)  (the negative of eq. 3's ascent direction);
+- G2: one generator step on  (1/n) sum_i ||x~_i - G(z^_i)||^2  (the same z^).
+
+Algorithm 2: N <- 0; while N <= N_coop: Algorithm 1, N <- N + n; then adversarial updates (the
+`gan` objective's engine: NS / hinge / WGAN-GP, optional lazy R1) until the run ends.  The
+discriminator of the second stage is the descriptor of the first: the same network object,
+trained on.
+
+Choices where the paper is silent (each an option):
+
+- Langevin noise.  Eq. 4 prints eps ~ N(0, sqrt(2 eta) I); we read sqrt(2 eta) as the standard
+  deviation (the Langevin discretisation whose stationary law is exp(D) as eta -> 0).  With the
+  recommended eta = 1 that is a per-pixel std of 1.41 at every step, which swamps images in
+  [-1, 1]; the paper gives no other value, so the default follows the print and `noise_scale`
+  multiplies it (0 = noise-free revision, as several EBM codes do in practice).
+- Chains per iteration: as many as the batch (n in Algorithm 1); no clipping of x~.
+- Optimisers: one per network for the whole run.  At the switch to the adversarial stage
+  the Adam state is kept by default (Algorithm 2 "seamlessly transits"; the moments forget the
+  cooperative gradients within a few hundred steps at beta2 = 0.99);
+  `reset_optimizers = true` clears it instead.
+- The count: images consumed = batch size per iteration, checkpointed with the objective; the
+  run's length (`run.iterations` x batch) plays N_coop + N_adv.  `n_coop = 0` means no
+  cooperative stage (Algorithm 2's "<=" would otherwise run one cooperative iteration).
+- EMA of the generator: updated after every generator step in both stages.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from coopcore import Batch, Parts, StepResult, non_negative, positive
+
+from .objective import TINY_IMAGE_EXAMPLE, Adversarial, EmaOptions, EmaTracker, GanOptions, frozen_parameters
+
+
+def langevin_revision(score: Callable[[Tensor], Tensor], init: Tensor, eta: float, n_steps: int,
+                      noise_std: float, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """CoopInit eq. 4, `n_steps` times: x <- x + eta grad_x D(x) + noise_std * N(0, I).
+
+    Gradients are taken w.r.t. x only.  Returns (samples, mean score per step [T],
+    mean gradient norm per step [T]); the diagnostics stay on the device.
+    """
+    x = init.detach().clone()
+    scores, norms = [], []
+    for _ in range(n_steps):
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            s = score(xg)
+            (grad,) = torch.autograd.grad(s.sum(), xg)
+        scores.append(s.detach().mean())
+        norms.append(grad.flatten(1).norm(dim=1).mean())
+        x = x + eta * grad
+        if noise_std > 0:
+            x = x + noise_std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    empty = torch.zeros(0, device=x.device)
+    return (x.detach(), torch.stack(scores) if scores else empty, torch.stack(norms) if norms else empty)
+
+
+def _eta() -> Any:
+    return attrs.field(default=1.0, validator=positive)
+
+
+def _steps() -> Any:
+    return attrs.field(default=10, validator=non_negative)
+
+
+def _noise_scale() -> Any:
+    return attrs.field(default=1.0, validator=non_negative)
+
+
+@attrs.frozen(kw_only=True)
+class CoopOptions(EmaOptions):
+    """CoopInit Algorithm 1 (cooperative learning of descriptor and generator)."""
+
+    # Langevin step size eta of eq. 4 (paper default 1.0; Table 12: 0.5, 1, 5).
+    eta: float = _eta()
+    # Number of Langevin steps T (paper default 10; Table 12: 5, 10, 15).
+    langevin_steps: int = _steps()
+    # Multiplies the Langevin noise std sqrt(2 eta) (1 = as printed; 0 = no noise).
+    noise_scale: float = _noise_scale()
+
+
+class CoopStage:
+    """Algorithm 1 on a descriptor/generator pair (used by `coopinit.coop` and `coopinit`)."""
+
+    def __init__(self, eta: float, langevin_steps: int, noise_scale: float, descriptor: nn.Module,
+                 generator: nn.Module, opt_d: torch.optim.Optimizer, opt_g: torch.optim.Optimizer) -> None:
+        self.eta, self.langevin_steps = eta, langevin_steps
+        self.noise_std = noise_scale * (2.0 * eta) ** 0.5
+        self.descriptor, self.generator = descriptor, generator
+        self.opt_d, self.opt_g = opt_d, opt_g
+
+    def revise(self, x_init: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """Step D1: T Langevin steps of the descriptor from x_init (parameters get no gradients)."""
+        with frozen_parameters(self.descriptor):
+            return langevin_revision(self.descriptor.score, x_init, self.eta, self.langevin_steps,
+                                     self.noise_std, generator)
+
+    def step(self, x_obs: Tensor, generator: torch.Generator) -> StepResult:
+        n = x_obs.shape[0]
+        with torch.no_grad():  # G1
+            z = self.generator.sample_latent(n, generator)
+            x_init = self.generator(z)
+        x_syn, scores, norms = self.revise(x_init, generator)  # D1
+        d_real = self.descriptor.score(x_obs)  # D2
+        d_syn = self.descriptor.score(x_syn)
+        loss_d = d_syn.mean() - d_real.mean()
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        recon = self.generator(z)  # G2
+        loss_g = (x_syn - recon).flatten(1).pow(2).sum(1).mean()
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        d_real, d_syn = d_real.detach(), d_syn.detach()
+        scalars = {
+            "loss_d": loss_d.detach(),
+            "loss_g": loss_g.detach(),
+            "d_real": d_real.mean(),
+            "d_fake": d_syn.mean(),
+            # How far the revision moved the generator's samples: ||x~ - x^||^2 per example.
+            "revision_sq": (x_syn - x_init).flatten(1).pow(2).sum(1).mean(),
+        }
+        if scores.numel():
+            scalars["d_init"] = scores[0]
+            scalars["langevin_grad_norm"] = norms[-1]
+        return StepResult(scalars=scalars, histograms={"d_real": d_real, "d_fake": d_syn})
+
+
+TINY_2D_EXAMPLE: dict[str, Any] = {
+    "data": {"name": "ring_of_gaussians", "batch_size": 4, "options": {"n": 16}},
+    "models": {"descriptor": {"name": "gan.discriminator.mlp", "options": {"hidden": [8, 8]}},
+               "generator": {"name": "gan.generator.mlp", "options": {"hidden": [8, 8]}}},
+    "optimizers": {"descriptor": {"name": "adam", "lr": 1e-3, "betas": [0.5, 0.999]},
+                   "generator": {"name": "adam", "lr": 1e-3, "betas": [0.5, 0.999]}},
+}
+
+
+class CoopInitCoop:
+    """CoopInit Algorithm 1: cooperative learning, descriptor D as EBM, generator by MCMC teaching."""
+
+    required_models = ("descriptor", "generator")
+    required_samplers = ()
+    contract_example = {**TINY_IMAGE_EXAMPLE,
+                        "options": {"eta": 0.01, "langevin_steps": 2, "noise_scale": 0.5, "g_ema_kimg": 1.0}}
+
+    def __init__(self, options: CoopOptions, parts: Parts) -> None:
+        self.options = options
+        self.generator = parts.models["generator"]
+        self.coop = CoopStage(options.eta, options.langevin_steps, options.noise_scale, parts.models["descriptor"],
+                              self.generator, parts.optimizers["descriptor"], parts.optimizers["generator"])
+        self.tracker = EmaTracker(options, self.generator)
+
+    def step(self, batch: Batch, generator: torch.Generator) -> StepResult:
+        result = self.coop.step(batch.x, generator)
+        self.tracker.after_step(batch.x.shape[0])
+        return result
+
+    def samples(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
+        """"generator" (the average when on), "generator_raw", and "revised": the trained
+        generator's samples after T Langevin steps (what the descriptor learns from)."""
+        out = self.tracker.samples(n, generator)
+        with torch.no_grad():
+            x_init = self.generator(self.generator.sample_latent(n, generator))
+        out["revised"] = self.coop.revise(x_init, generator)[0]
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.tracker.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.tracker.load_state_dict(state)
+
+
+@attrs.frozen(kw_only=True)
+class CoopInitOptions(GanOptions):
+    """CoopInit Algorithm 2: Algorithm 1 for N_coop images, then adversarial training."""
+
+    # N_coop: training images consumed by the cooperative stage (paper: 0.75M on CIFAR-10).
+    # The stage runs while the count N <= n_coop (Algorithm 2); 0 = no cooperative stage.
+    n_coop: int = attrs.field(default=750_000, validator=non_negative)
+    # Langevin step size eta of eq. 4 (paper default 1.0).
+    eta: float = _eta()
+    # Number of Langevin steps T (paper default 10).
+    langevin_steps: int = _steps()
+    # Multiplies the Langevin noise std sqrt(2 eta) (1 = as printed; 0 = no noise).
+    noise_scale: float = _noise_scale()
+    # Clear both optimisers' state (Adam moments, step counts) at the switch; paper silent.
+    reset_optimizers: bool = False
+
+
+class CoopInit:
+    """CoopInit Algorithm 2: cooperative initialisation for N_coop images, then GAN training."""
+
+    required_models = ("descriptor", "generator")
+    required_samplers = ()
+    # Batch 4, n_coop 4: iterations at N = 0 and N = 4 are cooperative, from N = 8 adversarial.
+    # The contract runs 2 steps (both stages' updates move both networks), then checks the resumed
+    # third step, which must find N = 8 in the state and switch to the adversarial stage.
+    contract_example = {**TINY_2D_EXAMPLE, "steps": 2,
+                        "options": {"n_coop": 4, "eta": 0.01, "langevin_steps": 2, "noise_scale": 0.5,
+                                    "g_ema_kimg": 1.0, "r1_gamma": 0.1, "r1_interval": 2}}
+
+    def __init__(self, options: CoopInitOptions, parts: Parts) -> None:
+        self.options = options
+        self.descriptor = parts.models["descriptor"]
+        self.generator = parts.models["generator"]
+        self.opt_d, self.opt_g = parts.optimizers["descriptor"], parts.optimizers["generator"]
+        self.coop = CoopStage(options.eta, options.langevin_steps, options.noise_scale, self.descriptor,
+                              self.generator, self.opt_d, self.opt_g)
+        self.adversarial = Adversarial(options, self.descriptor, self.generator, self.opt_d, self.opt_g)
+        self.tracker = EmaTracker(options, self.generator)
+        self.switched = False  # whether the switch (and an optimiser reset, if asked) has happened
+
+    @property
+    def images(self) -> int:
+        """N of Algorithm 2: training images consumed so far."""
+        return self.tracker.images
+
+    def in_coop_stage(self) -> bool:
+        """Algorithm 2's first loop condition, N <= N_coop (no cooperative stage when N_coop = 0)."""
+        return self.options.n_coop > 0 and self.images <= self.options.n_coop
+
+    def _switch(self) -> None:
+        self.switched = True
+        if self.options.reset_optimizers:
+            for opt in (self.opt_d, self.opt_g):
+                opt.state.clear()
+
+    def step(self, batch: Batch, generator: torch.Generator) -> StepResult:
+        if self.in_coop_stage():
+            result = self.coop.step(batch.x, generator)
+            stage = 0.0
+        else:
+            if not self.switched:
+                self._switch()
+            result = self.adversarial.step(batch.x, generator)
+            stage = 1.0
+        self.tracker.after_step(batch.x.shape[0])
+        result.scalars["stage"] = torch.tensor(stage, device=batch.x.device)
+        return result
+
+    def samples(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
+        return self.tracker.samples(n, generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"d_updates": self.adversarial.d_updates, "switched": self.switched, **self.tracker.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.adversarial.d_updates = int(state.get("d_updates", 0))
+        self.switched = bool(state.get("switched", False))
+        self.tracker.load_state_dict(state)

@@ -1,0 +1,357 @@
+"""A StyleGAN2 generator and discriminator (Karras et al., CVPR 2020), as CoopInit uses them.
+
+Written from the StyleGAN2 paper's description (and the StyleGAN2-ADA `cifar` configuration's
+published settings, which are CoopInit's base model):
+
+Generator
+- mapping network: z normalised to unit second moment, then `mapping_layers` fully connected
+  layers (LeakyReLU 0.2, learning-rate multiplier 0.01) to w; the `cifar` config uses 2 layers
+  and z, w of 512.  No style mixing (the `cifar` config disables it): one w for every layer.
+- synthesis network: a learned constant 4x4 input; per resolution r = 8 .. R an upsampling
+  3x3 modulated convolution and a 3x3 modulated convolution; each modulated convolution scales
+  the input channels of its weight by a style s = A(w) (affine, bias 1), demodulates
+  (divides each output filter by the norm of its modulated weights), adds per-pixel noise with
+  a learned per-layer strength (initialised to 0), a bias and LeakyReLU 0.2 times sqrt(2);
+- "skip" output: a 1x1 modulated convolution without demodulation (toRGB) per resolution, the
+  RGB images summed after upsampling the coarser one; linear output.
+Discriminator
+- 'orig': fromRGB (1x1) at the top, then per resolution a 3x3 conv and a downsampling 3x3 conv;
+  'skip': fromRGB at every resolution from a downsampled image, added to the features;
+  'resnet': a 1x1 downsampling shortcut per block, (features + shortcut) / sqrt(2);
+- epilogue at 4x4: minibatch standard deviation (group size, channels), 3x3 conv, fully
+  connected, fully connected to one logit = the descriptor's score D(x).
+Both: equalised learning rate (weights stored N(0, 1) and scaled at run time by
+1 / sqrt(fan_in), the learning-rate multiplier folded in), LeakyReLU 0.2 with gain sqrt(2),
+channels(r) = min(capacity * channel_base / r, channel_max).
+
+Choices where the description leaves something open (options where it matters):
+- Resampling: StyleGAN2 filters with the [1, 3, 3, 1] FIR kernel.  Upsampling here is bilinear
+  interpolation, which is that filter applied to the zero-inserted map except at the borders;
+  downsampling blurs with the same kernel (zero padding) and strides by 2.
+- Noise inputs: StyleGAN2 draws fresh N(0, 1) noise maps at every forward pass.  Here they are
+  part of the latent vector (`noise_mode = "latent"`: latent = [z, all noise maps]), so they come
+  from the same explicit torch.Generator as z, a forward pass is deterministic given its latent,
+  and the cooperative stage's generator loss uses the very noise that produced x^.
+  `"const"` fixes them at construction (StyleGAN2's `noise_mode='const'`), `"none"` drops them.
+- Minibatch std: groups of min(group size, N) examples; when N is not a multiple, the largest
+  divisor of N below the group size (StyleGAN2 requires a multiple).
+- Capacity: CoopInit scales its networks by "M s" (Tables 8-9; M = 2^13 "as in Karras et al."
+  without saying how it enters); `capacity` multiplies channel_base, so capacity = 1/4 with the
+  default channel_base of the `cifar` config (32768) gives 512-512-512-256 channels at
+  4-8-16-32, and Table 9's discriminator scales are `capacity` of the discriminator alone.
+- Conditioning (Table 8's "+Cond"), mixed precision and conv clamping are not implemented.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from coopcore import EnergyModelBase, GeneratorBase, non_negative, positive
+
+SQRT2 = math.sqrt(2.0)
+
+
+def _power_of_two(instance: object, attribute: attrs.Attribute, value: int) -> None:
+    if value < 4 or value & (value - 1):
+        raise ValueError(f"'{attribute.name}' must be a power of two >= 4, got {value!r}")
+
+
+def channels_at(res: int, channel_base: int, channel_max: int, capacity: float) -> int:
+    """Feature maps at resolution `res`: min(capacity * channel_base / res, channel_max), >= 1."""
+    return max(1, min(int(capacity * channel_base / res), channel_max))
+
+
+def lrelu(x: Tensor) -> Tensor:
+    """LeakyReLU 0.2 with StyleGAN2's gain sqrt(2) (keeps the activations' scale)."""
+    return F.leaky_relu(x, 0.2) * SQRT2
+
+
+_FIR = torch.tensor([1.0, 3.0, 3.0, 1.0])
+
+
+def blur(x: Tensor, pad: int) -> Tensor:
+    """Depthwise [1,3,3,1] x [1,3,3,1] / 64 filter with zero padding `pad` on every side."""
+    c = x.shape[1]
+    k = torch.outer(_FIR, _FIR).to(device=x.device, dtype=x.dtype)
+    k = (k / k.sum()).expand(c, 1, 4, 4)
+    return F.conv2d(F.pad(x, (pad, pad, pad, pad)), k, groups=c)
+
+
+def downsample(x: Tensor) -> Tensor:
+    """Blur and keep every second pixel: [.., H, W] -> [.., H/2, W/2]."""
+    c = x.shape[1]
+    k = torch.outer(_FIR, _FIR).to(device=x.device, dtype=x.dtype)
+    k = (k / k.sum()).expand(c, 1, 4, 4)
+    return F.conv2d(F.pad(x, (1, 1, 1, 1)), k, stride=2, groups=c)
+
+
+def upsample(x: Tensor) -> Tensor:
+    """Bilinear 2x upsampling (the [1,3,3,1] filter on the zero-inserted map, borders aside)."""
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+class EqualLinear(nn.Module):
+    """Fully connected layer with equalised learning rate: y = x (W c)^T + b lr_mul,
+    c = lr_mul / sqrt(in), W ~ N(0, 1 / lr_mul^2) as stored."""
+
+    def __init__(self, in_features: int, out_features: int, bias_init: float = 0.0, lr_mul: float = 1.0,
+                 activation: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
+        self.bias = nn.Parameter(torch.full((out_features,), float(bias_init) / lr_mul))
+        self.weight_gain = lr_mul / math.sqrt(in_features)
+        self.lr_mul = lr_mul
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.linear(x, self.weight * self.weight_gain, self.bias * self.lr_mul)
+        return lrelu(y) if self.activation else y
+
+
+class EqualConv2d(nn.Module):
+    """Convolution with equalised learning rate; `down` blurs and strides by 2 (StyleGAN2's
+    downsampling convolution); optional bias and LeakyReLU (gain sqrt 2)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, bias: bool = True,
+                 activation: bool = True, down: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.weight_gain = 1.0 / math.sqrt(in_channels * kernel * kernel)
+        self.kernel, self.down, self.activation = kernel, down, activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight * self.weight_gain
+        if self.down:
+            # blur to H + kernel - 2, then a strided valid conv: H / 2 (even H).
+            x = blur(x, (self.kernel + 1) // 2)
+            x = F.conv2d(x, w, self.bias, stride=2)
+        else:
+            x = F.conv2d(x, w, self.bias, padding=self.kernel // 2)
+        return lrelu(x) if self.activation else x
+
+
+class ModulatedConv2d(nn.Module):
+    """StyleGAN2 modulated convolution: weight * style (per input channel, per example),
+    optionally demodulated; `up` upsamples the input 2x first."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, w_dim: int,
+                 demodulate: bool = True, up: bool = False) -> None:
+        super().__init__()
+        self.affine = EqualLinear(w_dim, in_channels, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel, kernel))
+        self.weight_gain = 1.0 / math.sqrt(in_channels * kernel * kernel)
+        self.demodulate, self.up, self.kernel = demodulate, up, kernel
+        self.out_channels = out_channels
+
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        b, c, _, _ = x.shape
+        styles = self.affine(w)  # [B, in]
+        weight = self.weight[None] * self.weight_gain * styles[:, None, :, None, None]  # [B, out, in, k, k]
+        if self.demodulate:
+            weight = weight * torch.rsqrt(weight.pow(2).sum(dim=(2, 3, 4), keepdim=True) + 1e-8)
+        if self.up:
+            x = upsample(x)
+        h, wd = x.shape[2], x.shape[3]
+        out = F.conv2d(x.reshape(1, b * c, h, wd), weight.reshape(b * self.out_channels, c, self.kernel, self.kernel),
+                       padding=self.kernel // 2, groups=b)
+        return out.reshape(b, self.out_channels, h, wd)
+
+
+class SynthesisLayer(nn.Module):
+    """Modulated 3x3 conv + per-pixel noise (learned strength) + bias + LeakyReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, up: bool) -> None:
+        super().__init__()
+        self.conv = ModulatedConv2d(in_channels, out_channels, 3, w_dim, demodulate=True, up=up)
+        self.noise_strength = nn.Parameter(torch.zeros(()))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+
+    def forward(self, x: Tensor, w: Tensor, noise: Optional[Tensor]) -> Tensor:
+        x = self.conv(x, w)
+        if noise is not None:
+            x = x + noise * self.noise_strength
+        return lrelu(x + self.bias.view(1, -1, 1, 1))
+
+
+class ToRGB(nn.Module):
+    """1x1 modulated conv without demodulation, plus bias (StyleGAN2's toRGB)."""
+
+    def __init__(self, in_channels: int, img_channels: int, w_dim: int) -> None:
+        super().__init__()
+        self.conv = ModulatedConv2d(in_channels, img_channels, 1, w_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(img_channels))
+
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        return self.conv(x, w) + self.bias.view(1, -1, 1, 1)
+
+
+def _check_scales(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"'{attribute.name}' must be > 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class StyleGAN2GeneratorOptions:
+    """StyleGAN2 generator; defaults: StyleGAN2-ADA's `cifar` config (32x32, 2 mapping layers, z = w = 512)."""
+
+    resolution: int = attrs.field(default=32, validator=_power_of_two)
+    img_channels: int = attrs.field(default=3, validator=positive)
+    z_dim: int = attrs.field(default=512, validator=positive)
+    w_dim: int = attrs.field(default=512, validator=positive)
+    mapping_layers: int = attrs.field(default=2, validator=non_negative)
+    mapping_lr_mul: float = attrs.field(default=0.01, validator=positive)
+    # channels(r) = min(capacity * channel_base / r, channel_max); `cifar`: 32768 and 512.
+    channel_base: int = attrs.field(default=32768, validator=positive)
+    channel_max: int = attrs.field(default=512, validator=positive)
+    capacity: float = attrs.field(default=1.0, validator=_check_scales)
+    # Noise inputs: "latent" (drawn with z, part of the latent vector), "const" or "none".
+    noise_mode: Literal["latent", "const", "none"] = "latent"
+    # Observation noise of the Generator protocol (CoopInit's losses do not use it).
+    sigma: float = attrs.field(default=0.3, validator=positive)
+
+
+class StyleGAN2Generator(GeneratorBase):
+    """StyleGAN2 generator: mapping network, modulated/demodulated convs, noise, skip toRGB."""
+
+    def __init__(self, options: StyleGAN2GeneratorOptions = StyleGAN2GeneratorOptions()) -> None:
+        o = options
+        self.resolutions = [2**i for i in range(2, int(math.log2(o.resolution)) + 1)]
+        # One noise map at 4x4, two at every higher resolution (one per synthesis layer).
+        self.noise_shapes = [4] + [r for r in self.resolutions[1:] for _ in range(2)]
+        n_noise = sum(r * r for r in self.noise_shapes) if o.noise_mode == "latent" else 0
+        super().__init__((o.z_dim + n_noise,), (o.img_channels, o.resolution, o.resolution), o.sigma)
+        self.options = o
+        ch = {r: channels_at(r, o.channel_base, o.channel_max, o.capacity) for r in self.resolutions}
+        dims = [o.z_dim] + [o.w_dim] * o.mapping_layers
+        self.mapping = nn.ModuleList(
+            EqualLinear(a, b, lr_mul=o.mapping_lr_mul, activation=True) for a, b in zip(dims[:-1], dims[1:])
+        )
+        w_dim = dims[-1]
+        self.const = nn.Parameter(torch.randn(ch[4], 4, 4))
+        self.layers = nn.ModuleList([SynthesisLayer(ch[4], ch[4], w_dim, up=False)])
+        self.torgb = nn.ModuleList([ToRGB(ch[4], o.img_channels, w_dim)])
+        for prev, r in zip(self.resolutions[:-1], self.resolutions[1:]):
+            self.layers.append(SynthesisLayer(ch[prev], ch[r], w_dim, up=True))
+            self.layers.append(SynthesisLayer(ch[r], ch[r], w_dim, up=False))
+            self.torgb.append(ToRGB(ch[r], o.img_channels, w_dim))
+        if o.noise_mode == "const":
+            for i, r in enumerate(self.noise_shapes):
+                self.register_buffer(f"noise_const{i}", torch.randn(1, 1, r, r))
+
+    def map(self, z: Tensor) -> Tensor:
+        """The mapping network z -> w (z normalised to unit second moment first)."""
+        w = z * torch.rsqrt(z.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+        for layer in self.mapping:
+            w = layer(w)
+        return w
+
+    def _noise(self, latent: Tensor) -> list[Optional[Tensor]]:
+        b = latent.shape[0]
+        mode = self.options.noise_mode
+        if mode == "none":
+            return [None] * len(self.noise_shapes)
+        if mode == "const":
+            return [getattr(self, f"noise_const{i}") for i in range(len(self.noise_shapes))]
+        maps, start = [], self.options.z_dim
+        for r in self.noise_shapes:
+            maps.append(latent[:, start : start + r * r].reshape(b, 1, r, r))
+            start += r * r
+        return maps
+
+    def forward(self, latent: Tensor) -> Tensor:
+        latent = latent.flatten(1)
+        w = self.map(latent[:, : self.options.z_dim])
+        noise = self._noise(latent)
+        x = self.const[None].expand(latent.shape[0], -1, -1, -1)
+        x = self.layers[0](x, w, noise[0])
+        img = self.torgb[0](x, w)
+        for i in range(1, len(self.resolutions)):
+            x = self.layers[2 * i - 1](x, w, noise[2 * i - 1])
+            x = self.layers[2 * i](x, w, noise[2 * i])
+            img = upsample(img) + self.torgb[i](x, w)
+        return img
+
+
+@attrs.frozen(kw_only=True)
+class StyleGAN2DiscriminatorOptions:
+    """StyleGAN2 discriminator; defaults: StyleGAN2-ADA's `cifar` config ('orig', mbstd group 32)."""
+
+    resolution: int = attrs.field(default=32, validator=_power_of_two)
+    img_channels: int = attrs.field(default=3, validator=positive)
+    architecture: Literal["orig", "skip", "resnet"] = "orig"
+    channel_base: int = attrs.field(default=32768, validator=positive)
+    channel_max: int = attrs.field(default=512, validator=positive)
+    # CoopInit Table 9's "discriminator scale s" (1/16 .. 1).
+    capacity: float = attrs.field(default=1.0, validator=_check_scales)
+    # Minibatch standard deviation layer: group size (0 = the whole batch) and channels.
+    mbstd_group_size: int = attrs.field(default=32, validator=non_negative)
+    mbstd_channels: int = attrs.field(default=1, validator=non_negative)
+
+
+def minibatch_std(x: Tensor, group_size: int, channels: int) -> Tensor:
+    """Append `channels` feature maps holding the average standard deviation of the features
+    over groups of examples (example i is in group i mod (N / G), as in StyleGAN2)."""
+    n, c, h, w = x.shape
+    g = n if group_size == 0 else min(group_size, n)
+    while n % g:
+        g -= 1
+    f = channels
+    if c % f:
+        raise ValueError(f"minibatch std: {c} channels are not divisible into {f} groups")
+    y = x.reshape(g, -1, f, c // f, h, w)
+    y = (y - y.mean(dim=0)).pow(2).mean(dim=0)
+    y = (y + 1e-8).sqrt().mean(dim=(2, 3, 4))  # [n/g, F]
+    y = y.reshape(-1, f, 1, 1).repeat(g, 1, h, w)
+    return torch.cat([x, y], dim=1)
+
+
+class StyleGAN2Discriminator(EnergyModelBase):
+    """StyleGAN2 discriminator ('orig' | 'skip' | 'resnet'); score(x) = D(x), one logit."""
+
+    def __init__(self, options: StyleGAN2DiscriminatorOptions = StyleGAN2DiscriminatorOptions()) -> None:
+        o = options
+        super().__init__((o.img_channels, o.resolution, o.resolution), None)
+        self.options = o
+        res = [2**i for i in range(int(math.log2(o.resolution)), 1, -1)]  # R, ..., 4
+        ch = {r: channels_at(r, o.channel_base, o.channel_max, o.capacity) for r in res}
+        skip = o.architecture == "skip"
+        self.fromrgb = nn.ModuleList(
+            EqualConv2d(o.img_channels, ch[r], 1) for r in (res if skip else res[:1])
+        )
+        self.conv0 = nn.ModuleList(EqualConv2d(ch[r], ch[r], 3) for r in res[:-1])
+        self.conv1 = nn.ModuleList(EqualConv2d(ch[r], ch[r // 2], 3, down=True) for r in res[:-1])
+        self.shortcut = nn.ModuleList(
+            EqualConv2d(ch[r], ch[r // 2], 1, bias=False, activation=False, down=True) for r in res[:-1]
+        ) if o.architecture == "resnet" else None
+        c4 = ch[4]
+        self.epilogue_conv = EqualConv2d(c4 + o.mbstd_channels, c4, 3)
+        self.fc = EqualLinear(c4 * 16, c4, activation=True)
+        self.out = EqualLinear(c4, 1)
+
+    def score(self, x: Tensor) -> Tensor:
+        o = self.options
+        skip = o.architecture == "skip"
+        img = x
+        h = self.fromrgb[0](img)
+        for i in range(len(self.conv0)):
+            if skip and i > 0:
+                h = h + self.fromrgb[i](img)
+            y = self.conv1[i](self.conv0[i](h))
+            if self.shortcut is not None:
+                y = (y + self.shortcut[i](h)) * math.sqrt(0.5)
+            h = y
+            if skip:
+                img = downsample(img)
+        if skip:
+            h = h + self.fromrgb[-1](img)
+        if o.mbstd_channels > 0:
+            h = minibatch_std(h, o.mbstd_group_size, o.mbstd_channels)
+        h = self.epilogue_conv(h)
+        h = self.fc(h.flatten(1))
+        return self.out(h).squeeze(1)
