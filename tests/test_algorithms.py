@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from coop_coopnets.objectives import (
     AlgorithmD, AlgorithmDOptions, AlgorithmG, AlgorithmGOptions, CoopNets, CoopNetsOptions,

@@ -17,7 +17,7 @@ from coop_gan.losses import (
     r1_due,
     r1_penalty,
 )
-from coopcore import Batch, Objective, Parts
+from coopcore import Batch, Objective
 from coopcore.plugin_manager import load_registries
 
 

@@ -16,8 +16,6 @@ import math
 from typing import Literal, Optional
 
 import attrs
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from coopcore import EnergyModelBase, GeneratorBase, all_positive, non_negative, positive

@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import Literal
 
 import attrs
-import torch
 from torch import Tensor, nn
 
 from coopcore import EnergyModelBase, GeneratorBase, all_positive, positive

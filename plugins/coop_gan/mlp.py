@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Literal
 
 import attrs
-import torch
 from torch import Tensor, nn
 
 from coopcore import EnergyModelBase, GeneratorBase, all_positive, positive

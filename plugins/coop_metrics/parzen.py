@@ -12,7 +12,7 @@ log-likelihood with its standard error std / sqrt(n_test):
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import attrs
 import numpy as np
