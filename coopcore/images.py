@@ -15,13 +15,27 @@ import torch
 from torch import Tensor
 
 
+#: Frames shown per video, and videos shown per grid.
+VIDEO_FRAMES = 8
+MAX_VIDEOS = 8
+
+
 def make_grid(images: Tensor, nrow: Optional[int] = None, padding: int = 2, value_range=(-1.0, 1.0)) -> np.ndarray:
-    """[N, C, H, W] in `value_range` -> uint8 HxWxC (or HxW) grid with `padding` pixels between."""
+    """[N, C, H, W] in `value_range` -> uint8 HxWxC (or HxW) grid with `padding` pixels between.
+
+    Videos [N, C, T, H, W] become frame strips: a row of evenly spaced frames per video."""
     x = images.detach().float().cpu()
     if x.dim() == 3:
         x = x.unsqueeze(1)
-    if x.dim() == 5:  # videos [N, C, T, H, W]: show the first frame of each
-        x = x[:, :, 0]
+    if x.dim() == 5:
+        # Videos [N, C, T, H, W]: one row per video, VIDEO_FRAMES frames evenly spaced in time,
+        # so the motion shows (at most MAX_VIDEOS videos).
+        x = x[:MAX_VIDEOS]
+        t = x.shape[2]
+        k = min(t, VIDEO_FRAMES)
+        idx = torch.linspace(0, t - 1, k).round().long()
+        x = x[:, :, idx].permute(0, 2, 1, 3, 4).reshape(-1, x.shape[1], x.shape[3], x.shape[4])
+        nrow = nrow or k
     n, c, h, w = x.shape
     lo, hi = value_range
     x = ((x.clamp(lo, hi) - lo) / (hi - lo) * 255.0).round().to(torch.uint8)

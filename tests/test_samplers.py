@@ -140,3 +140,17 @@ def test_clipping_respects_the_mask():
     out = s.run(lambda x: -0.5 * x.pow(2).sum(1), init, torch.Generator().manual_seed(0), mask=mask)
     assert torch.equal(out.samples[:, 1], init[:, 1]) and torch.equal(out.samples[:, 3], init[:, 3])
     assert float(out.samples[:, [0, 2]].abs().max()) <= 1.0
+
+
+def test_video_sample_grids_are_frame_strips():
+    """A 5-D sample batch is drawn as one row of evenly spaced frames per video."""
+    from coopcore.images import make_grid
+
+    t = torch.linspace(-1, 1, 16).view(1, 1, 16, 1, 1).expand(2, 1, 16, 3, 3).clone()
+    t[1] = -t[1]  # the second video runs backwards in brightness
+    grid = make_grid(t, padding=1)
+    assert grid.shape == (2 * 4 + 1, 8 * 4 + 1)  # 2 rows of 8 frames of 3x3, padding 1
+    first_row = [int(grid[2, 2 + 4 * j]) for j in range(8)]
+    second_row = [int(grid[6, 2 + 4 * j]) for j in range(8)]
+    assert first_row == sorted(first_row) and first_row[0] == 0 and first_row[-1] == 255
+    assert second_row == sorted(second_row, reverse=True)
