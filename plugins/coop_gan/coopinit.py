@@ -30,16 +30,20 @@ Choices where the paper is silent (each an option):
   run's length (`run.iterations` x batch) plays N_coop + N_adv.  `n_coop = 0` means no
   cooperative stage (Algorithm 2's "<=" would otherwise run one cooperative iteration).
 - EMA of the generator: updated after every generator step in both stages.
+- The revision sampler: eq. 4 is built in (options eta, langevin_steps, noise_scale); a sampler
+  configured in the recipe's `revision` role replaces it, run on log p = D(x).  The registered
+  `langevin` sampler with step_size = sqrt(2 eta) performs exactly eq. 4 (its drift is
+  step_size^2 / 2 = eta, its noise std step_size = sqrt(2 eta), times its noise_scale).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import attrs
 import torch
 from torch import Tensor, nn
 
-from coopcore import Batch, Parts, StepResult, non_negative, positive
+from coopcore import Batch, Parts, Sampler, StepResult, non_negative, positive
 
 from .objective import TINY_IMAGE_EXAMPLE, Adversarial, EmaOptions, EmaTracker, GanOptions, frozen_parameters
 
@@ -95,8 +99,12 @@ class CoopStage:
     """Algorithm 1 on a descriptor/generator pair (used by `coopinit.coop` and `coopinit`)."""
 
     def __init__(self, eta: float, langevin_steps: int, noise_scale: float, descriptor: nn.Module,
-                 generator: nn.Module, opt_d: torch.optim.Optimizer, opt_g: torch.optim.Optimizer) -> None:
+                 generator: nn.Module, opt_d: torch.optim.Optimizer, opt_g: torch.optim.Optimizer,
+                 sampler: Optional[Sampler] = None) -> None:
         self.eta, self.langevin_steps = eta, langevin_steps
+        # A sampler configured in the `revision` role replaces eq. 4 (then eta, langevin_steps
+        # and noise_scale are unused); e.g. `langevin` with step_size sqrt(2 eta) is eq. 4.
+        self.sampler = sampler
         self.noise_std = noise_scale * (2.0 * eta) ** 0.5
         self.descriptor, self.generator = descriptor, generator
         self.opt_d, self.opt_g = opt_d, opt_g
@@ -104,6 +112,10 @@ class CoopStage:
     def revise(self, x_init: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """Step D1: T Langevin steps of the descriptor from x_init (parameters get no gradients)."""
         with frozen_parameters(self.descriptor):
+            if self.sampler is not None:
+                out = self.sampler.run(self.descriptor.score, x_init, generator)
+                # The sampler reports energies (-score, flat reference); eq. 4's diagnostics are scores.
+                return out.samples.detach(), -out.energies, out.grad_norms
             return langevin_revision(self.descriptor.score, x_init, self.eta, self.langevin_steps,
                                      self.noise_std, generator)
 
@@ -160,7 +172,8 @@ class CoopInitCoop:
         self.options = options
         self.generator = parts.models["generator"]
         self.coop = CoopStage(options.eta, options.langevin_steps, options.noise_scale, parts.models["descriptor"],
-                              self.generator, parts.optimizers["descriptor"], parts.optimizers["generator"])
+                              self.generator, parts.optimizers["descriptor"], parts.optimizers["generator"],
+                              parts.samplers.get("revision"))
         self.tracker = EmaTracker(options, self.generator)
 
     def step(self, batch: Batch, generator: torch.Generator) -> StepResult:
@@ -219,7 +232,7 @@ class CoopInit:
         self.generator = parts.models["generator"]
         self.opt_d, self.opt_g = parts.optimizers["descriptor"], parts.optimizers["generator"]
         self.coop = CoopStage(options.eta, options.langevin_steps, options.noise_scale, self.descriptor,
-                              self.generator, self.opt_d, self.opt_g)
+                              self.generator, self.opt_d, self.opt_g, parts.samplers.get("revision"))
         self.adversarial = Adversarial(options, self.descriptor, self.generator, self.opt_d, self.opt_g)
         self.tracker = EmaTracker(options, self.generator)
         self.switched = False  # whether the switch (and an optimiser reset, if asked) has happened
