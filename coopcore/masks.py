@@ -220,3 +220,15 @@ def parse_mask_name(name: str) -> MaskSpec:
 def mask_from_name(name: str, n: int, shape: Sequence[int], generator: torch.Generator) -> Tensor:
     """`parse_mask_name(name).make(n, shape, generator)`."""
     return parse_mask_name(name).make(n, shape, generator)
+
+
+def mask_name_validator(instance: object, attribute: object, value: "str | None") -> None:
+    """attrs validator for an optional mask-name option: None, or a name `parse_mask_name`
+    accepts ("M32", "B20", "MB10", "P.5", "doodle", "pepper", ...)."""
+    if value is None:
+        return
+    try:
+        parse_mask_name(value)
+    except ValueError as exc:
+        raise ValueError(f"'{getattr(attribute, 'name', 'mask')}' must be a mask name or \"none\": {exc}") from None
+

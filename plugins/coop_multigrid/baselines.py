@@ -36,10 +36,11 @@ import torch
 from torch import Tensor
 
 from coopcore import Batch, ConfigError, Parts, StepResult, in_range, non_negative
+from coopcore.masks import mask_name_validator as mask_name
 
 from .grids import observed_block_means, upscale_to
 from .learning import cd_update, grad_norm
-from .masking import check_train_mask, mask_name, observation_mask, observed_mean_fill
+from .masking import check_train_mask, observation_mask, observed_mean_fill
 from .start import StartMode, StartPool
 
 

@@ -27,19 +27,9 @@ import torch
 from torch import Tensor
 
 from coopcore import Batch, ConfigError
-from coopcore.masks import mask_from_name, parse_mask_name
+from coopcore.masks import mask_from_name
 
 from .grids import observed_block_means
-
-
-def mask_name(instance: Any, attribute: Any, value: Optional[str]) -> None:
-    """attrs validator: None or a mask name of `coopcore.masks` ("M32", "doodle", "pepper", ...)."""
-    if value is None:
-        return
-    try:
-        parse_mask_name(value)
-    except ValueError as exc:
-        raise ValueError(f"'{attribute.name}' must be a mask name or \"none\": {exc}") from None
 
 
 def fraction_in_unit_interval(instance: Any, attribute: Any, value: float) -> None:

@@ -36,10 +36,11 @@ from torch import Tensor
 from coopcore import (
     Batch, ConfigError, LogDensity, Parts, SamplerOutput, StepResult, all_positive, in_range, non_negative,
 )
+from coopcore.masks import mask_name_validator as mask_name
 
 from .grids import check_sizes, downscale_to, grid_sizes, observed_block_means
 from .learning import cd_update, grad_norm
-from .masking import check_train_mask, fraction_in_unit_interval, grid_masks, mask_name, observation_mask
+from .masking import check_train_mask, fraction_in_unit_interval, grid_masks, observation_mask
 from .sampler import multigrid_chain
 from .start import StartMode, StartPool
 

@@ -78,7 +78,7 @@ import torch
 from torch import Tensor
 
 from coopcore import Batch, Parts, StepResult, UsageError, non_negative, positive
-from coopcore.masks import parse_mask_name
+from coopcore.masks import mask_name_validator, parse_mask_name
 
 from .losses import Reduction, gaussian_kl_standard, gaussian_nll, reconstruction, reduce_latent
 from .occlusion import OcclusionState, recovery_error
@@ -96,15 +96,6 @@ def _clip(module: torch.nn.Module, max_norm: Optional[float]) -> Tensor:
     if max_norm is None:
         return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.detach()) for p in params]))
     return torch.nn.utils.clip_grad_norm_(params, max_norm)
-
-
-def _mask_name(instance: Any, attribute: attrs.Attribute, value: Optional[str]) -> None:
-    if value is None:
-        return
-    try:
-        parse_mask_name(value)
-    except ValueError as exc:
-        raise ValueError(f"'{attribute.name}' must be a mask name or \"none\": {exc}") from None
 
 
 def _recon_weight(instance: Any, attribute: attrs.Attribute, value: Union[float, str]) -> None:
@@ -141,7 +132,7 @@ class TriangleOptions:
     # z~ of the theta step: "shared" with the phi step (Algorithm 1) or "redraw" (code).
     posterior_sample: Literal["shared", "redraw"] = "shared"
     # Learning from incomplete data (Section 4.4): a coopcore.masks name, or "none".
-    occlusion: Optional[str] = attrs.field(default=None, validator=_mask_name)
+    occlusion: Optional[str] = attrs.field(default=None, validator=mask_name_validator)
     # Seed of the per-example masks (example i's mask depends only on this and i).
     occlusion_seed: int = attrs.field(default=0, validator=non_negative)
     # Initial value of the missing pixels (paper: zero-fill).
