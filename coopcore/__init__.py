@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .config import all_positive, in_range, non_negative, positive, preset_options
+from .config import all_positive, in_range, non_negative, optional_positive, positive, preset_options
 from .data import BatchSchedule, ImageDataset, TensorImageDataset, minmax_to_unit_range, value_range
 from .errors import CheckpointError, ConfigError, CoopError, RegistryError, RunFailure, UsageError
 from .hookspecs import hookimpl
@@ -36,5 +36,5 @@ __all__ = [
     "EnergyModelBase", "EvalContext", "Generator", "GeneratorBase", "ImageDataset", "LogDensity", "Metric",
     "MetricResult", "NoOptions", "Objective", "Parts", "RegistryError", "RunFailure", "Sampler", "SamplerOutput",
     "StepResult", "TensorImageDataset", "UsageError", "all_positive", "value_range", "draw_samples", "generator_log_joint",
-    "hookimpl", "in_range", "minmax_to_unit_range", "non_negative", "positive", "preset_options",
+    "hookimpl", "in_range", "minmax_to_unit_range", "non_negative", "optional_positive", "positive", "preset_options",
 ]

@@ -186,6 +186,12 @@ def non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise ValueError(f"'{attribute.name}' must be >= 0, got {value!r}")
 
 
+def optional_positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """None (the setting is off) or a value > 0."""
+    if value is not None and not value > 0:
+        raise ValueError(f"'{attribute.name}' must be > 0 or omitted, got {value!r}")
+
+
 def in_range(low: float, high: float):
     def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         if not low <= value <= high:

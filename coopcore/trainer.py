@@ -216,8 +216,8 @@ class Trainer:
         named = self.exp.objective.samples(self.cfg.run.sample_count, self.eval_generator())
         paths = []
         tb = self._tb()
+        vr = value_range(self.exp.dataset)
         for kind, images in named.items():
-            vr = value_range(self.exp.dataset)
             p = save_grid(images, self.run_dir / "samples" / f"iter-{self.iteration:08d}-{kind}.png", value_range=vr)
             paths.append(p)
             if tb is not None and images.dim() == 4:

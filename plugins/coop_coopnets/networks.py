@@ -18,7 +18,7 @@ from typing import Literal, Optional
 import attrs
 from torch import Tensor, nn
 
-from coopcore import EnergyModelBase, GeneratorBase, all_positive, non_negative, positive
+from coopcore import EnergyModelBase, GeneratorBase, all_positive, non_negative, optional_positive, positive
 
 
 def _activation(name: str, leak: float) -> nn.Module:
@@ -89,12 +89,10 @@ class ConvDescriptorOptions:
     # Weights ~ N(0, init_std): code 0.01, paper 0.001; None keeps PyTorch's default init.
     init_std: Optional[float] = 0.01
     # s of the Gaussian reference distribution (eq. 3); None = flat reference.
-    reference_std: Optional[float] = 0.016
+    reference_std: Optional[float] = attrs.field(default=0.016, validator=optional_positive)
 
     def __attrs_post_init__(self) -> None:
         _same_length(("channels", self.channels), ("kernels", self.kernels), ("strides", self.strides))
-        if self.reference_std is not None and not self.reference_std > 0:
-            raise ValueError(f"'reference_std' must be > 0 or omitted, got {self.reference_std}")
 
 
 class ConvDescriptor(EnergyModelBase):

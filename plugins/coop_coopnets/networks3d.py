@@ -43,7 +43,7 @@ import attrs
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from coopcore import EnergyModelBase, GeneratorBase, all_positive, non_negative, positive
+from coopcore import EnergyModelBase, GeneratorBase, all_positive, non_negative, optional_positive, positive
 
 from .layers import CroppedConvTranspose, SpatiallyFullConv3d, transposed_crop
 from .networks import _activation, _init_normal, same_padding
@@ -53,11 +53,6 @@ Activation = Literal["relu", "leaky_relu", "elu", "swish"]
 
 def _conv_out(size: int, kernel: int, stride: int, pad_total: int) -> int:
     return (size + pad_total - kernel) // stride + 1
-
-
-def _check_reference_std(value: Optional[float]) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"'reference_std' must be > 0 or omitted, got {value}")
 
 
 def non_negative_each(instance: object, attribute: attrs.Attribute, value: tuple[int, ...]) -> None:
@@ -89,10 +84,9 @@ class SpatialTemporalDescriptorOptions:
     # Weights ~ N(0, init_std): 0.001 as printed; None keeps PyTorch's default init.
     init_std: Optional[float] = 0.001
     # s of the Gaussian reference distribution (Table 6 settings: 0.016); None = flat reference.
-    reference_std: Optional[float] = 0.016
+    reference_std: Optional[float] = attrs.field(default=0.016, validator=optional_positive)
 
     def __attrs_post_init__(self) -> None:
-        _check_reference_std(self.reference_std)
         descriptor_sizes(self)
 
 

@@ -36,6 +36,11 @@ def one_of(*allowed: object):
     return check
 
 
+def scaled_range(scaling: str) -> tuple[float, float]:
+    """Where pixels lie after `scaling` (for sample grids): 0..255 raw, else [-1, 1]."""
+    return (0.0, 255.0) if scaling == "raw255" else (-1.0, 1.0)
+
+
 def scale_pixels(x: Tensor, scaling: str) -> Tensor:
     """Map pixel values 0..255 (any dtype, [N, ...]) to float32 in the convention `scaling`.
 

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from coopcore import UsageError
 
-from .scaling import scale_pixels
+from .scaling import scale_pixels, scaled_range
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -75,8 +75,7 @@ class Uint8ImageDataset:
 
     @property
     def value_range(self) -> tuple[float, float]:
-        """Where the scaled pixels lie (for sample grids): 0..255 raw, else [-1, 1]."""
-        return (0.0, 255.0) if self.scaling == "raw255" else (-1.0, 1.0)
+        return scaled_range(self.scaling)
 
     def get_batch(self, index: Tensor) -> Tensor:
         return scale_pixels(self.pixels.index_select(0, index.to(torch.long).cpu()), self.scaling)
@@ -103,8 +102,7 @@ class LazyImageDataset:
 
     @property
     def value_range(self) -> tuple[float, float]:
-        """Where the scaled pixels lie (for sample grids): 0..255 raw, else [-1, 1]."""
-        return (0.0, 255.0) if self.scaling == "raw255" else (-1.0, 1.0)
+        return scaled_range(self.scaling)
 
     def get_batch(self, index: Tensor) -> Tensor:
         idx = [int(i) for i in index.to(torch.long).cpu().tolist()]

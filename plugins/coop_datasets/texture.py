@@ -23,7 +23,7 @@ from coopcore import TensorImageDataset, UsageError, positive
 
 from .files import ROOT_HINT, describe, resolve_user_path
 from .imaging import convert, open_image, resize, to_chw
-from .scaling import SCALINGS, Scaling, one_of, scale_pixels
+from .scaling import SCALINGS, Scaling, one_of, scale_pixels, scaled_range
 
 EMBEDDED = ("brick", "grass", "gravel")
 
@@ -74,4 +74,4 @@ def texture_dataset(options: TextureOptions, root: Optional[Path] = None) -> Ten
     img = convert(texture_image(options.image, root), options.color)
     pixels = torch.from_numpy(to_chw(resize(img, options.size))).unsqueeze(0)
     return TensorImageDataset(scale_pixels(pixels, options.scaling), name=f"texture-{Path(options.image).stem}",
-                              value_range=(0.0, 255.0) if options.scaling == "raw255" else (-1.0, 1.0))
+                              value_range=scaled_range(options.scaling))
