@@ -1,27 +1,24 @@
-"""From a validated recipe to live objects: dataset, networks, samplers, optimisers, objective.
+"""From a resolved experiment to live objects: dataset, networks, samplers, optimisers, objective.
 
-`resolve_experiment` validates every component name and options table against the
-registries and returns the config with all defaults filled in (what is written to
-config.json); `build_experiment` then constructs everything on a device.
+`coopcore.experiment.resolve` validates a recipe against the registries; `build_experiment`
+constructs everything on a device from the components it resolved (their registry entries and
+options objects), after checking that the dataset's example shape fits every model.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Mapping, Optional
 
-import attrs
 import torch
 from torch import nn
 
-from .config import ComponentConfig, ExperimentConfig, OptimizerConfig, structure, unstructure
+from .config import ExperimentConfig, OptimizerConfig
 from .data import ImageDataset, resolve_data_root
-from .errors import ConfigError, RegistryError, UsageError
-from .metrics import Metric
+from .errors import ConfigError, CoopError, UsageError
+from .experiment import ResolvedExperiment, named_component
+from .metrics import EvalContext, Metric, MetricResult
 from .protocols import Objective, Parts
-from .registry import Entry
-
-MODEL_FAMILIES = ("energy", "generator", "encoder")
 
 
 def pick_device(name: str) -> torch.device:
@@ -33,73 +30,6 @@ def pick_device(name: str) -> torch.device:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"device '{name}' was requested but MPS is not available here; use --device cpu")
     return dev
-
-
-def model_entry(registries: Any, name: str, path: str) -> tuple[str, Entry]:
-    found = [(fam, registries.family(fam).get(name)) for fam in MODEL_FAMILIES if name in registries.family(fam)]
-    if not found:
-        known = sorted(n for fam in MODEL_FAMILIES for n in registries.family(fam))
-        raise ConfigError(
-            path,
-            f"unknown model '{name}'. Registered models: {', '.join(known) or '(none)'}. "
-            "Run `coop plugins` to see which plugins provide them.",
-        )
-    if len(found) > 1:
-        raise ConfigError(path, f"model name '{name}' is registered in several families: {[f for f, _ in found]}")
-    return found[0]
-
-
-def _resolve_component(entry: Entry, comp: ComponentConfig, path: str) -> ComponentConfig:
-    opts = structure(entry.options, comp.options, f"{path}.options")
-    return ComponentConfig(name=comp.name, options=unstructure(opts))
-
-
-def _lookup(registry: Any, name: str, path: str) -> Entry:
-    try:
-        return registry.get(name)
-    except RegistryError as exc:
-        raise ConfigError(path, str(exc)) from None
-
-
-def resolve_experiment(cfg: ExperimentConfig, registries: Any) -> ExperimentConfig:
-    """Validate names and options against the registries; fill every default."""
-    models = {}
-    for role, comp in cfg.models.items():
-        _, entry = model_entry(registries, comp.name, f"models.{role}.name")
-        models[role] = _resolve_component(entry, comp, f"models.{role}")
-    samplers = {
-        role: _resolve_component(_lookup(registries.sampler, comp.name, f"samplers.{role}.name"), comp, f"samplers.{role}")
-        for role, comp in cfg.samplers.items()
-    }
-    obj_entry = _lookup(registries.objective, cfg.objective.name, "objective.name")
-    objective = _resolve_component(obj_entry, cfg.objective, "objective")
-    data_entry = _lookup(registries.dataset, cfg.data.name, "data.name")
-    data = attrs.evolve(cfg.data, options=unstructure(structure(data_entry.options, cfg.data.options, "data.options")))
-    evals = []
-    for i, m in enumerate(cfg.eval):
-        entry = _lookup(registries.metric, m.name, f"eval[{i}].name")
-        evals.append(attrs.evolve(m, options=unstructure(structure(entry.options, m.options, f"eval[{i}].options"))))
-    for role in cfg.optimizers:
-        if role not in cfg.models:
-            raise ConfigError(
-                f"optimizers.{role}", f"no model with role '{role}' under [models] (roles: {', '.join(cfg.models)})"
-            )
-    factory = obj_entry.factory
-    for role in getattr(factory, "required_models", ()):
-        if role not in cfg.models:
-            raise ConfigError(
-                "models", f"objective '{cfg.objective.name}' needs a model with role '{role}' ([models.{role}])"
-            )
-        if role not in cfg.optimizers:
-            raise ConfigError(
-                "optimizers", f"objective '{cfg.objective.name}' trains '{role}' and needs [optimizers.{role}]"
-            )
-    for role in getattr(factory, "required_samplers", ()):
-        if role not in cfg.samplers:
-            raise ConfigError(
-                "samplers", f"objective '{cfg.objective.name}' needs a sampler with role '{role}' ([samplers.{role}])"
-            )
-    return attrs.evolve(cfg, models=models, samplers=samplers, objective=objective, data=data, eval=evals)
 
 
 def make_optimizer(params: Any, cfg: OptimizerConfig) -> torch.optim.Optimizer:
@@ -116,7 +46,7 @@ def make_optimizer(params: Any, cfg: OptimizerConfig) -> torch.optim.Optimizer:
 class Experiment:
     """Everything a run needs, built on one device."""
 
-    config: ExperimentConfig
+    resolved: ResolvedExperiment
     dataset: ImageDataset
     parts: Parts
     objective: Objective
@@ -125,51 +55,111 @@ class Experiment:
     data_root: Optional[Path]
     registries: Any
 
+    @property
+    def config(self) -> ExperimentConfig:
+        return self.resolved.config
 
-def build_dataset(registries: Any, name: str, options: dict[str, Any], root: Optional[Path], path: str = "data") -> ImageDataset:
-    entry = _lookup(registries.dataset, name, f"{path}.name")
-    opts = structure(entry.options, options, f"{path}.options")
-    return registries.dataset.create(name, opts, root=root)
+    def evaluate(self, label: str, metric: Metric, generator: torch.Generator,
+                 progress: Callable[[str], None] = lambda message: None) -> MetricResult:
+        """Compute one metric on this experiment; a plugin's exception becomes a `MetricFailure`."""
+        ctx = EvalContext(
+            objective=self.objective, models=self.parts.models, registries=self.registries, data_root=self.data_root,
+            device=self.device, generator=generator, train_dataset=self.dataset, progress=progress,
+        )
+        try:
+            result = metric.compute(ctx)
+        except CoopError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a plugin's bug: say which metric, keep the traceback
+            raise MetricFailure(label, exc) from exc
+        if not isinstance(result, MetricResult):
+            raise MetricFailure(label, TypeError(f"compute() returned {type(result).__name__}, not a MetricResult"))
+        return result
 
 
-def build_metric(registries: Any, name: str, options: dict[str, Any], path: str = "eval") -> Metric:
-    entry = _lookup(registries.metric, name, f"{path}.name")
-    return registries.metric.create(name, structure(entry.options, options, f"{path}.options"))
+class MetricFailure(CoopError):
+    """A metric's `compute` raised or returned something other than a `MetricResult`."""
+
+    def __init__(self, label: str, cause: BaseException) -> None:
+        self.label, self.cause = label, cause
+        super().__init__(f"metric '{label}' failed: {type(cause).__name__}: {cause}")
 
 
-def build_experiment(
-    cfg: ExperimentConfig, registries: Any, device: torch.device, data_root: Optional[str] = None,
-    dataset: Any = None,
-) -> Experiment:
-    """Build from a resolved config.  Seed the global RNG before calling for a reproducible init.
+def build_dataset(registries: Any, name: str, options: Mapping[str, Any], root: Optional[Path],
+                  path: str = "data") -> ImageDataset:
+    """A dataset by name and plain options (a metric's reference set, a test's data)."""
+    return named_component(registries, "dataset", name, options, path).create(root=root)
 
-    `dataset` replaces the recipe's dataset (sampling from a checkpoint needs only its size).
+
+def build_metric(registries: Any, name: str, options: Mapping[str, Any], path: str = "eval") -> Metric:
+    """A metric by name and plain options (``coop eval --metric NAME --set ...``)."""
+    return named_component(registries, "metric", name, options, path).create()
+
+
+def _shape(value: Any) -> Optional[tuple[int, ...]]:
+    return None if value is None else tuple(int(v) for v in value)
+
+
+def expected_model_shapes(resolved: ResolvedExperiment, data_shape: tuple[int, ...],
+                          models: Mapping[str, nn.Module]) -> dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    """What each model must fit: role -> (attribute, the model's shape, the shape it must equal).
+
+    By default energy models and encoders take data-shaped inputs and generators produce
+    data-shaped outputs.  An objective whose models see other shapes (multigrid's per-grid
+    descriptors, a latent-space EBM) declares ``model_shapes(options, data_shape) -> {role:
+    shape or None}`` on its factory; None skips that role.
     """
+    declared = getattr(resolved.objective.entry.factory, "model_shapes", None)
+    overrides = dict(declared(resolved.objective.options, data_shape)) if declared is not None else {}
+    out = {}
+    for role, model in models.items():
+        attr = "output_shape" if resolved.models[role].family == "generator" else "input_shape"
+        have = _shape(getattr(model, attr, None))
+        want = _shape(overrides[role]) if role in overrides else data_shape
+        if have is not None and want is not None:
+            out[role] = (attr, have, want)
+    return out
+
+
+def check_shapes(resolved: ResolvedExperiment, dataset: ImageDataset, models: Mapping[str, nn.Module]) -> None:
+    """Refuse (exit 2) a dataset whose examples do not fit a model, naming both recipe keys."""
+    data_shape = tuple(int(v) for v in dataset.shape)
+    for role, (attr, have, want) in expected_model_shapes(resolved, data_shape, models).items():
+        if have != want:
+            comp = resolved.models[role]
+            raise ConfigError(
+                comp.key,
+                f"model '{comp.name}' has {attr} {list(have)}, but {list(want)} is needed: "
+                f"'data' (dataset '{resolved.data.name}') yields examples of shape {list(data_shape)}. "
+                f"Change the options of '{comp.key}' or of 'data' so they agree.",
+            )
+
+
+def build_experiment(resolved: ResolvedExperiment, device: torch.device, data_root: Optional[str] = None,
+                     dataset: Any = None, registries: Any = None) -> Experiment:
+    """Build from a resolved experiment.  Seed the global RNG before calling for a reproducible init.
+
+    `dataset` replaces the recipe's dataset (sampling from a checkpoint needs only its size and shape).
+    """
+    if registries is None:
+        from .plugin_manager import get_registries
+
+        registries = get_registries()
+    cfg = resolved.config
     root = resolve_data_root(cfg.data.root, data_root)
     if dataset is None:
-        dataset = build_dataset(registries, cfg.data.name, cfg.data.options, root)
-    models: dict[str, nn.Module] = {}
-    for role, comp in cfg.models.items():
-        fam, entry = model_entry(registries, comp.name, f"models.{role}.name")
-        opts = structure(entry.options, comp.options, f"models.{role}.options")
-        models[role] = registries.family(fam).create(comp.name, opts).to(device)
-    samplers = {}
-    for role, comp in cfg.samplers.items():
-        entry = registries.sampler.get(comp.name)
-        samplers[role] = registries.sampler.create(comp.name, structure(entry.options, comp.options, f"samplers.{role}.options"))
+        dataset = resolved.data.create(root=root)
+    models: dict[str, nn.Module] = {role: comp.create().to(device) for role, comp in resolved.models.items()}
+    check_shapes(resolved, dataset, models)
+    samplers = {role: comp.create() for role, comp in resolved.samplers.items()}
     optimizers = {role: make_optimizer(models[role].parameters(), oc) for role, oc in cfg.optimizers.items()}
     parts = Parts(
         models=models, samplers=samplers, optimizers=optimizers, n_train=len(dataset), device=device,
         data_shape=tuple(dataset.shape),
     )
-    entry = registries.objective.get(cfg.objective.name)
-    objective = registries.objective.create(
-        cfg.objective.name, structure(entry.options, cfg.objective.options, "objective.options"), parts=parts
-    )
-    metrics = [
-        (m.label or m.name, build_metric(registries, m.name, m.options, f"eval[{i}]")) for i, m in enumerate(cfg.eval)
-    ]
+    objective = resolved.objective.create(parts=parts)
+    metrics = [(label, comp.create()) for label, comp in resolved.metrics]
     return Experiment(
-        config=cfg, dataset=dataset, parts=parts, objective=objective, metrics=metrics, device=device,
+        resolved=resolved, dataset=dataset, parts=parts, objective=objective, metrics=metrics, device=device,
         data_root=root, registries=registries,
     )

@@ -1,10 +1,15 @@
 """Complete, atomic, verified checkpoints.
 
-File format: one header line ``COOPCKPT 1 <sha256> <length>\\n`` followed by the bytes of
-``torch.save(payload)``.  Writing goes to a temporary file in the same directory, is flushed
-and fsync'ed, then renamed over the target, and only then is ``latest.json`` (the pointer
-`--resume` follows) replaced the same way; older checkpoints are pruned last.  A crash at any
-point leaves the previous good checkpoint and pointer intact.  Loading checks length and
+File format: one header line ``COOPCKPT 2 <sha256> <length>\\n`` followed by the bytes of
+``torch.save(payload)``.  Since format 2 the payload holds only tensors, numbers, strings,
+None, lists, tuples and dicts (checked when saving, naming the offending key), and is read with
+``torch.load(weights_only=True)``: opening a checkpoint someone sent you runs no code.  Format-1
+checkpoints (pickled objects inside) still load, with a warning, through the full unpickler.
+
+Writing goes to a temporary file in the same directory, is flushed and fsync'ed, then renamed
+over the target, and only then is ``latest.json`` (the pointer `--resume` follows) replaced the
+same way; older checkpoints are pruned last.  A crash at any point leaves the previous good
+checkpoint and pointer intact.  Loading checks length and
 hash, so a truncated or corrupted file is reported instead of half-loaded.
 """
 from __future__ import annotations
@@ -13,15 +18,18 @@ import hashlib
 import io
 import json
 import os
+import pickle
+import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
 from .errors import CheckpointError
 
 MAGIC = b"COOPCKPT"
-VERSION = 1
+VERSION = 2
+PLAIN_TYPES = (str, int, float, bool, complex, bytes, type(None), torch.Size, torch.dtype, torch.device)
 POINTER = "latest.json"
 
 
@@ -48,7 +56,28 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def check_plain(value: Any, path: str = "payload") -> None:
+    """Raise CheckpointError naming the first value `torch.load(weights_only=True)` would refuse."""
+    if isinstance(value, torch.Tensor) or type(value) in PLAIN_TYPES:
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if type(k) not in PLAIN_TYPES:
+                raise CheckpointError(f"checkpoint {path}: key {k!r} is a {type(k).__name__}; use a string or number")
+            check_plain(v, f"{path}[{k!r}]")
+        return
+    if type(value) in (list, tuple, set):
+        for i, v in enumerate(value):
+            check_plain(v, f"{path}[{i}]")
+        return
+    raise CheckpointError(
+        f"checkpoint {path} is a {type(value).__module__}.{type(value).__qualname__}; a checkpoint may hold "
+        "only tensors, numbers, strings, None, lists, tuples, sets and dicts (convert it in state_dict())"
+    )
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
+    check_plain(payload)
     buf = io.BytesIO()
     torch.save(payload, buf)
     body = buf.getvalue()
@@ -58,7 +87,8 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: Path, map_location: Any = "cpu",
+                    warn: Callable[[str], None] = lambda msg: warnings.warn(msg, stacklevel=3)) -> dict[str, Any]:
     """Read and verify a checkpoint; raises CheckpointError naming the problem."""
     try:
         raw = Path(path).read_bytes()
@@ -83,7 +113,15 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
         )
     if hashlib.sha256(body).hexdigest().encode() != digest:
         raise CheckpointError(f"{path} is damaged: its content does not match the recorded sha256")
-    return torch.load(io.BytesIO(body), map_location=map_location, weights_only=False)
+    if version_i < 2:
+        warn(f"{path} is a format-{version_i} checkpoint: loading it runs pickled code, so open it only if you "
+             "trust its source; resume or re-save it to get the safe format")
+        return torch.load(io.BytesIO(body), map_location=map_location, weights_only=False)
+    try:
+        return torch.load(io.BytesIO(body), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path} holds objects other than tensors and plain data; refusing to unpickle it "
+                              f"({str(exc).splitlines()[0]})") from None
 
 
 class CheckpointDir:
@@ -129,11 +167,16 @@ class CheckpointDir:
 
     def load_latest(self, map_location: Any = "cpu") -> tuple[Path, dict[str, Any], list[str]]:
         """Load the newest checkpoint that verifies; return it with warnings about skipped ones."""
-        warnings: list[str] = []
+        notes: list[str] = []
         for path in self.candidates():
             try:
-                return path, load_checkpoint(path, map_location), warnings
+                return path, load_checkpoint(path, map_location, warn=notes.append), notes
             except CheckpointError as exc:
-                warnings.append(str(exc))
-        detail = ("; ".join(warnings)) if warnings else "none found"
+                notes.append(f"skipped unusable checkpoint: {exc}")
+        detail = ("; ".join(notes)) if notes else "none found"
         raise CheckpointError(f"no usable checkpoint in {self.directory} ({detail})")
+
+    def remove_stale_temporaries(self) -> None:
+        """Delete half-written checkpoint files a killed process left behind (never a finished one)."""
+        for tmp in self.directory.glob(".*.tmp-*"):
+            tmp.unlink(missing_ok=True)

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import sys
-import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import click
 
 from . import __version__
-from .errors import CheckpointError, CoopError, RunFailure, UsageError
+from .errors import CheckpointError, RunFailure, UsageError
 
 DATA_ROOT_HELP = "Root folder of datasets (default: the recipe's data.root, then $COOP_DATA)."
 
@@ -30,13 +29,12 @@ def _registries():
     return get_registries()
 
 
-def _default_out(name: str) -> Path:
-    base = Path("runs") / name
-    out, k = base, 1
-    while out.exists() and any(out.iterdir()):
-        out = base.with_name(f"{base.name}-{k}")
-        k += 1
-    return out
+def _report_failed_plugins() -> None:
+    """One line when a plugin failed to load (details: `coop plugins`)."""
+    failed = [p.name for p in _registries().plugins if p.status == "failed"]
+    if failed:
+        _echo(f"warning: {len(failed)} plugin(s) failed to load and are skipped: {', '.join(failed)} "
+              "(see `coop plugins`)")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -58,9 +56,28 @@ def cli() -> None:
 # ---------------------------------------------------------------------------------------
 @cli.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def plugins_cmd(as_json: bool) -> None:
-    """List plugins, their versions, what they register and load errors."""
+@click.option("--options", "options_of", metavar="NAME",
+              help="Print the options of component NAME (type, default, constraint, description); "
+                   "FAMILY:NAME picks one family, e.g. sampler:langevin.")
+@click.option("--schema", "schema", is_flag=True, help="Print the JSON Schema of a recipe file.")
+def plugins_cmd(as_json: bool, options_of: Optional[str], schema: bool) -> None:
+    """List plugins, their versions, what they register and load errors; or one component's
+    options (--options NAME), or the recipe JSON Schema (--schema)."""
+    from . import reference
+
     reg = _registries()
+    if options_of is not None and schema:
+        raise UsageError("--options and --schema are exclusive: give one")
+    if schema:
+        click.echo(reference.schema_json(reg))
+        return
+    if options_of is not None:
+        found = reference.find_component(reg, options_of)  # UsageError (exit 2) naming close matches
+        if as_json:
+            click.echo(json.dumps({"components": [c.as_dict() for c in found]}, indent=2))
+        else:
+            click.echo("\n\n".join(reference.options_text(c) for c in found))
+        return
     if as_json:
         data = []
         for p in reg.plugins:
@@ -85,108 +102,38 @@ def plugins_cmd(as_json: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-def _prepare(recipe: str, overrides: tuple[str, ...], seed: Optional[int], device: Optional[str]):
-    from .build import resolve_experiment
-    from .config import load_experiment
-    from .repro import recipe_path
-
-    sets = list(overrides)
-    if seed is not None:
-        sets.append(f"run.seed={seed}")
-    if device is not None:
-        sets.append(f"run.device={json.dumps(device)}")
-    path = recipe_path(recipe)
-    cfg = resolve_experiment(load_experiment(path, sets), _registries())
-    return path, cfg
-
-
 @cli.command("train")
 @click.argument("recipe")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value (TOML syntax), e.g. --set run.iterations=500. Repeatable.")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<run.name>).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last good checkpoint.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out from its last good checkpoint; start it when --out holds no "
+                   "run or no checkpoint yet; do nothing when it is complete. Safe to repeat after a kill.")
 @click.option("--device", help="cpu, cuda, cuda:N or auto (overrides run.device).")
 @click.option("--seed", type=int, help="Random seed (overrides run.seed).")
 @click.option("--data-root", help=DATA_ROOT_HELP)
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def train_cmd(recipe: str, overrides: tuple[str, ...], out: Optional[Path], resume: bool, device: Optional[str],
               seed: Optional[int], data_root: Optional[str], no_progress: bool) -> None:
-    """Train from RECIPE (a .toml file or a packaged recipe name such as coopnets-digits)."""
-    from .build import build_experiment, pick_device
-    from .rng import seed_everything
-    from .trainer import Trainer, prepare_run_dir
+    """Train from RECIPE: a .toml file, a packaged recipe name (e.g. coopnets-digits) or a run directory."""
+    from .experiment import resolve
+    from .run import train
 
-    path, cfg = _prepare(recipe, overrides, seed, device)
-    if out is None:
-        out = Path("runs") / cfg.run.name if resume else _default_out(cfg.run.name)
-    run_dir = prepare_run_dir(out, resume)
-    seed_everything(cfg.run.seed)
-    dev = pick_device(cfg.run.device)
-    exp = build_experiment(cfg, _registries(), dev, data_root)
-    _echo(f"training {path.name} on {dev} -> {run_dir}")
-    trainer = Trainer(exp, run_dir, progress=False if no_progress else None, resume=resume, echo=_echo)
-    start_iteration = trainer.iteration
-    try:
-        summary = trainer.fit()
-    except (CoopError, KeyboardInterrupt):
-        raise
-    except Exception as exc:  # noqa: BLE001 - report where things are, keep the traceback in a file
-        (run_dir / "error.log").write_text(traceback.format_exc())
-        raise RunFailure(
-            f"training failed at iteration {trainer.iteration}: {type(exc).__name__}: {exc} "
-            f"(traceback in {run_dir / 'error.log'})", run_dir, trainer.last_checkpoint,
-        ) from exc
-    shown = ", ".join(f"{k}={v:.4g}" for k, v in list(summary.last_scalars.items())[:6])
-    done_now = max(1, summary.iterations - start_iteration)
-    _echo(f"done: {summary.iterations} iterations in {summary.seconds:.1f} s "
-          f"({summary.seconds / done_now:.3f} s/iteration; {shown})")
-    _echo(f"samples: {run_dir / 'samples'}  checkpoint: {summary.checkpoint}")
-    click.echo(str(run_dir))
+    _report_failed_plugins()
+    resolved = resolve(recipe, overrides, seed=seed, device=device, registries=_registries())
+    if out is None and Path(recipe).is_dir():
+        out = Path(recipe)  # `coop train RUN --resume` continues RUN itself
+    summary = train(resolved, out, resume=resume, data_root=data_root, progress=False if no_progress else None,
+                    echo=_echo, registries=_registries())
+    if not summary.already_complete:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in list(summary.last_scalars.items())[:6])
+        _echo(f"done: {summary.iterations} iterations in {summary.seconds:.1f} s ({shown})")
+        _echo(f"samples: {summary.run_dir / 'samples'}  checkpoint: {summary.checkpoint}")
+    click.echo(str(summary.run_dir))
 
 
 # ---------------------------------------------------------------------------------------
-def _load_run(run: Path, device: Optional[str], data_root: Optional[str], need_data: bool = False):
-    """Rebuild a run's experiment from its config.json and load its newest good checkpoint."""
-    from .build import build_experiment, pick_device, resolve_experiment
-    from .checkpoint import CheckpointDir
-    from .config import experiment_from_data
-    from .trainer import CONFIG_FILE, Trainer
-
-    cfg_path = run / CONFIG_FILE
-    if not cfg_path.exists():
-        raise UsageError(f"{run} is not a run directory: {CONFIG_FILE} is missing (expected the --out of `coop train`)")
-    cfg = resolve_experiment(experiment_from_data(json.loads(cfg_path.read_text()), str(cfg_path)), _registries())
-    dev = pick_device(device or ("auto" if cfg.run.device == "auto" else cfg.run.device))
-    ckpts = CheckpointDir(run / "checkpoints")
-    try:
-        path, payload, warnings = ckpts.load_latest(map_location=dev)
-    except CheckpointError as exc:
-        raise UsageError(str(exc)) from None
-    for w in warnings:
-        _echo(f"warning: skipped unusable checkpoint: {w}")
-    dataset = None
-    if not need_data:
-        dataset = _DataShape(payload.get("data", {}))
-    exp = build_experiment(cfg, _registries(), dev, data_root, dataset=dataset)
-    trainer = Trainer(exp, run, readonly=True, echo=_echo)
-    trainer.load_payload(payload)
-    return exp, trainer, path
-
-
-class _DataShape:
-    """Stands in for the training set when only its size and shape are needed (sampling)."""
-
-    def __init__(self, info: dict[str, Any]) -> None:
-        self.n = int(info.get("n", 1))
-        self.shape = tuple(info.get("shape", ()))
-        self.name = str(info.get("name", "(not loaded)"))
-        self.value_range = tuple(info.get("value_range", (-1.0, 1.0)))
-
-    def __len__(self) -> int:
-        return self.n
-
-
 @cli.command("sample")
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--n", "n", type=click.IntRange(1, 100000), default=64, show_default=True, help="Number of samples.")
@@ -198,20 +145,21 @@ def sample_cmd(run: Path, n: int, out: Optional[Path], seed: int, device: Option
     from .data import value_range
     from .images import save_grid
     from .rng import make_generator
+    from .run import open_run
 
-    exp, trainer, ckpt = _load_run(run, device, None)
-    out = out or run / "samples"
-    gen = make_generator(seed, exp.device)
-    named = exp.objective.samples(n, gen)
+    opened = open_run(run, device=device, echo=_echo, registries=_registries())
+    exp = opened.experiment
+    out = out or opened.run.samples
+    named = exp.objective.samples(n, make_generator(seed, exp.device))
     for kind, images in named.items():
-        p = save_grid(images, out / f"sample-iter-{trainer.iteration:08d}-{kind}-seed{seed}.png",
+        p = save_grid(images, out / f"sample-iter-{opened.iteration:08d}-{kind}-seed{seed}.png",
                       value_range=value_range(exp.dataset))
         click.echo(str(p))
 
 
 @cli.command("eval")
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--metric", "metric", required=True, help="A registered metric (see `coop plugins`).")
+@click.option("--metric", "metric", required=True, help="A registered metric or a label from the recipe's [[eval]].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Metric option, e.g. --set n_samples=1000.")
 @click.option("--device", help="cpu, cuda, cuda:N or auto.")
 @click.option("--data-root", help=DATA_ROOT_HELP)
@@ -220,24 +168,25 @@ def sample_cmd(run: Path, n: int, out: Optional[Path], seed: int, device: Option
 def eval_cmd(run: Path, metric: str, overrides: tuple[str, ...], device: Optional[str], data_root: Optional[str],
              seed: int, as_json: bool) -> None:
     """Evaluate RUN's last checkpoint with a metric; appends to RUN/evaluations.jsonl."""
-    from .build import build_metric
-    from .config import apply_overrides
-    from .metrics import EvalContext
+    from .build import MetricFailure
+    from .config import apply_overrides, unstructure
+    from .experiment import named_component
     from .rng import make_generator
+    from .run import open_run, run_failure
 
-    exp, trainer, ckpt = _load_run(run, device, data_root, need_data=True)
-    configured = {m.label or m.name: m for m in exp.config.eval}
-    base = dict(configured[metric].options) if metric in configured else {}
+    opened = open_run(run, device=device, data_root=data_root, load_data=True, echo=_echo, registries=_registries())
+    exp = opened.experiment
+    configured = {label: comp for label, comp in exp.resolved.metrics}
+    base = unstructure(configured[metric].options) if metric in configured else {}
     name = configured[metric].name if metric in configured else metric
-    options = apply_overrides(base, list(overrides))
-    m = build_metric(_registries(), name, options, "--metric")
-    ctx = EvalContext(objective=exp.objective, models=exp.parts.models, registries=_registries(),
-                      data_root=exp.data_root, device=exp.device, generator=make_generator(seed, exp.device),
-                      train_dataset=exp.dataset, progress=_echo)
-    res = m.compute(ctx)
-    rec = {"iteration": trainer.iteration, "label": metric, "checkpoint": str(ckpt), **res.as_dict()}
-    with open(run / "evaluations.jsonl", "a") as fh:
-        fh.write(json.dumps(rec) + "\n")
+    comp = named_component(_registries(), "metric", name, apply_overrides(base, list(overrides)), "--metric")
+    try:
+        res = exp.evaluate(metric, comp.create(), make_generator(seed, exp.device), progress=_echo)
+    except MetricFailure as exc:
+        raise run_failure(opened.run, f"evaluation of {opened.checkpoint.name} (metric from plugin "
+                          f"'{comp.entry.owner}')", exc, opened.checkpoint) from exc
+    rec = {"iteration": opened.iteration, "label": metric, "checkpoint": str(opened.checkpoint), **res.as_dict()}
+    opened.run.append_evaluation(rec)
     click.echo(json.dumps(rec, indent=2) if as_json else str(res))
 
 
@@ -255,17 +204,18 @@ def _table_key(table: str, paper: Optional[str]) -> str:
               help="smoke: CPU, seconds, embedded data; short: one GPU, ~10 min; full: the paper's settings.")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: repro/<paper>-<table>-<scale>).")
 @click.option("--list", "list_tables", is_flag=True, help="List the reproducible tables.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--device", help="cpu, cuda, cuda:N or auto (default: each recipe's run.device).")
 @click.option("--data-root", help=DATA_ROOT_HELP)
 @click.option("--seed", type=int, help="Override every run's seed.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Extra override applied to every run.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def repro_cmd(table: Optional[str], paper: Optional[str], scale: str, out: Optional[Path], list_tables: bool,
-              device: str, data_root: Optional[str], seed: Optional[int], overrides: tuple[str, ...],
+              device: Optional[str], data_root: Optional[str], seed: Optional[int], overrides: tuple[str, ...],
               no_progress: bool) -> None:
     """Reproduce a paper TABLE (e.g. table2, coopnets:table2) and write results.json and report.md."""
     from .repro import run_table
 
+    _report_failed_plugins()
     reg = _registries()
     if list_tables or not table:
         for entry in reg.table.entries():

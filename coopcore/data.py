@@ -111,9 +111,6 @@ class BatchSchedule:
             self._cached_epoch = epoch
         return self._perm
 
-    def epoch_of(self, iteration: int) -> int:
-        return iteration // self.batches_per_epoch
-
     def indices(self, iteration: int) -> Tensor:
         epoch, k = divmod(iteration, self.batches_per_epoch)
         perm = self._permutation(epoch)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pluggy
 
+from .families import FAMILIES
 from .registry import ScopedRegistry
 
 PROJECT = "coop"
@@ -21,20 +22,10 @@ PROJECT = "coop"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-#: family name -> hook name; the meta-test checks every hook is documented and tested.
-HOOK_FOR_FAMILY: dict[str, str] = {
-    "energy": "coop_register_energy_models",
-    "generator": "coop_register_generators",
-    "encoder": "coop_register_encoders",
-    "sampler": "coop_register_samplers",
-    "objective": "coop_register_objectives",
-    "dataset": "coop_register_datasets",
-    "metric": "coop_register_metrics",
-    "table": "coop_register_tables",
-}
-
 
 class CoopHookSpecs:
+    """One hook per family of `coopcore.families.FAMILIES` (checked when this module is imported)."""
+
     @hookspec
     def coop_register_energy_models(self, registry: ScopedRegistry) -> None:
         """Add energy models (descriptors): factories returning an `EnergyModel` nn.Module."""
@@ -66,3 +57,23 @@ class CoopHookSpecs:
     @hookspec
     def coop_register_tables(self, registry: ScopedRegistry) -> None:
         """Add paper tables for `coop repro`: factories ``(options) -> TableSpec``."""
+
+
+def _check_against_the_family_table() -> None:
+    """The declared hooks are exactly the table's, each with a docstring and ``(registry)``."""
+    declared = {name for name, fn in vars(CoopHookSpecs).items() if hasattr(fn, f"{PROJECT}_spec")}
+    expected = {f.hook for f in FAMILIES}
+    if declared != expected:
+        raise RuntimeError(
+            "coopcore.hookspecs: CoopHookSpecs and coopcore.families.FAMILIES disagree: "
+            f"declared only {sorted(declared - expected)}, in the table only {sorted(expected - declared)}"
+        )
+    for hook in sorted(declared):
+        fn = vars(CoopHookSpecs)[hook]
+        if not (fn.__doc__ or "").strip():
+            raise RuntimeError(f"coopcore.hookspecs: CoopHookSpecs.{hook} has no docstring")
+        if fn.__code__.co_varnames[: fn.__code__.co_argcount] != ("self", "registry"):
+            raise RuntimeError(f"coopcore.hookspecs: CoopHookSpecs.{hook} must take (self, registry)")
+
+
+_check_against_the_family_table()

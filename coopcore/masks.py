@@ -3,8 +3,8 @@
 multi-grid CD's masked training and the divergence triangle's occluded data all use these.
 
 Every generator returns a float mask of shape [N, 1, H, W] with 1 = observed and 0 = missing
-(the convention of `coopcore.Batch.mask` and `generator_log_joint(observed=...)`); one mask
-per image, shared by its channels.
+(the convention of `generator_log_joint(observed=...)`); one mask per image, shared by its
+channels.
 
 Named masks (`parse_mask_name`), with the paper each comes from:
 

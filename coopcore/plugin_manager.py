@@ -2,8 +2,10 @@
 
 Every plugin, built-in or third-party, is an entry point in the ``coop`` group.  Each plugin
 is imported and registered on its own: one that fails to import, or whose hook raises (a
-duplicate name, a wrong type), is recorded as failed with its package and error, its partial
-registrations are rolled back, and the others load normally.
+duplicate name, a model name that another model family already holds, a wrong type), is
+recorded as failed with its package and error, its partial registrations are rolled back, and
+the others load normally.  Built-in plugins load first, so a third-party plugin that reuses a
+built-in name is the one that fails.
 
 Environment (as pytest and tox do it):
 - ``COOP_DISABLE_PLUGIN_AUTOLOAD=1``: load only the plugins shipped in the ``coopnets``
@@ -16,14 +18,14 @@ import importlib.metadata as md
 import os
 import traceback
 from types import ModuleType
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional
 
 import attrs
 import pluggy
-from torch import nn
 
-from .hookspecs import HOOK_FOR_FAMILY, PROJECT, CoopHookSpecs
-from .registry import FAMILIES, Registry
+from .families import FAMILIES, family as family_spec
+from .hookspecs import PROJECT, CoopHookSpecs
+from .registry import Registry
 
 BUILTIN_DISTRIBUTION = "coopnets"
 
@@ -43,75 +45,35 @@ class PluginInfo:
     hooks: list[str] = attrs.field(factory=list)
 
 
-def _module_check(required: Sequence[str]):
-    def check(factory: Any) -> Optional[str]:
-        if isinstance(factory, type):
-            if not issubclass(factory, nn.Module):
-                return f"{factory.__name__} is not a torch.nn.Module subclass"
-            missing = [a for a in required if not hasattr(factory, a)]
-            if missing:
-                return f"{factory.__name__} lacks {', '.join(missing)}"
-        return None
-
-    return check
-
-
-def _class_check(required: Sequence[str]):
-    def check(factory: Any) -> Optional[str]:
-        if isinstance(factory, type):
-            missing = [a for a in required if not hasattr(factory, a)]
-            if missing:
-                return f"{factory.__name__} lacks {', '.join(missing)}"
-        return None
-
-    return check
-
-
-def _validator(protocol: Any, module: bool):
-    def validate(obj: Any) -> Optional[str]:
-        if module and not isinstance(obj, nn.Module):
-            return f"{type(obj).__name__} is not a torch.nn.Module"
-        if not isinstance(obj, protocol):
-            return f"{type(obj).__name__} does not implement {protocol.__name__}"
-        return None
-
-    return validate
-
-
 class Registries:
-    """All family registries plus the report of which plugins loaded."""
+    """All family registries (``registries.energy``, ``registries.sampler``, ... one per
+    `coopcore.families.FAMILIES` entry) plus the report of which plugins loaded."""
 
     def __init__(self) -> None:
-        from .data import ImageDataset
-        from .metrics import Metric
-        from .protocols import Encoder, EnergyModel, Generator, Objective, Sampler
-        from .repro import TableSpec
-
-        self.energy: Registry = Registry("energy", _module_check(["score", "energy"]), _validator(EnergyModel, True))
-        self.generator: Registry = Registry(
-            "generator", _module_check(["sample_latent", "forward"]), _validator(Generator, True)
-        )
-        self.encoder: Registry = Registry("encoder", _module_check(["forward"]), _validator(Encoder, True))
-        self.sampler: Registry = Registry("sampler", _class_check(["run"]), _validator(Sampler, False))
-        self.objective: Registry = Registry(
-            "objective", _class_check(["step", "samples", "state_dict"]), _validator(Objective, False)
-        )
-        self.dataset: Registry = Registry("dataset", _class_check(["__len__"]), _validator(ImageDataset, False))
-        self.metric: Registry = Registry("metric", _class_check(["compute"]), _validator(Metric, False))
-        self.table: Registry = Registry("table", None, _validator(TableSpec, False))
+        models: list[Registry] = []  # the model families share one namespace
+        self._registries: dict[str, Registry] = {
+            fam.name: Registry(fam.name, fam.check_factory, fam.check_object,
+                               namespace=models if fam.is_model else None)
+            for fam in FAMILIES
+        }
         self.plugins: list[PluginInfo] = []
 
+    def __getattr__(self, name: str) -> Registry:
+        registries = self.__dict__.get("_registries", {})
+        if name in registries:
+            return registries[name]
+        raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(self._registries))
+
     def family(self, name: str) -> Registry:
-        if name not in FAMILIES:
-            raise KeyError(name)
-        return getattr(self, name)
+        """The registry of family `name` (KeyError for an unknown family)."""
+        return self._registries[family_spec(name).name]
 
     def remove_owner(self, owner: str) -> None:
-        for fam in FAMILIES:
-            reg = self.family(fam)
-            for entry in list(reg.entries()):
-                if entry.owner == owner:
-                    del reg._entries[entry.name]  # noqa: SLF001 - rollback of a failed plugin
+        for reg in self._registries.values():
+            reg.remove_owner(owner)
 
 
 def _split_env(name: str) -> set[str]:
@@ -144,17 +106,17 @@ def register_plugin(
         info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
         return info
     try:
-        for family, hook_name in HOOK_FOR_FAMILY.items():
-            hook = getattr(pm.hook, hook_name)
-            for impl in hook.get_hookimpls():
+        for fam in FAMILIES:
+            registry = registries.family(fam.name)
+            for impl in getattr(pm.hook, fam.hook).get_hookimpls():
                 if impl.plugin_name != name:
                     continue
-                info.hooks.append(hook_name)
-                before = set(registries.family(family))
-                impl.function(registry=registries.family(family).scoped(name))
-                added = sorted(set(registries.family(family)) - before)
+                info.hooks.append(fam.hook)
+                before = set(registry)
+                impl.function(registry=registry.scoped(name))
+                added = sorted(set(registry) - before)
                 if added:
-                    info.registered[family] = added
+                    info.registered[fam.name] = added
         info.status = "loaded"
     except Exception as exc:  # noqa: BLE001 - isolate every plugin's failure
         registries.remove_owner(name)

@@ -14,8 +14,16 @@ from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, runtime
 import torch
 from torch import Tensor, nn
 
-#: A differentiable log-density (up to a constant), mapping a batch [B, ...] to [B].
 LogDensity = Callable[[Tensor], Tensor]
+"""A differentiable log-density up to a constant: ``log_density(x) -> Tensor[B]``.
+
+Maps a batch ``x`` of shape ``[B, ...]`` (the shape of the sampler's `init`) to one value per
+example.  Built by an objective and passed to `Sampler.run`: ``lambda y: -descriptor.energy(y)``
+for the Langevin revision of TPAMI eq. 7, `generator_log_joint` for the Langevin inference of
+eq. 15.  A sampler calls it on a detached copy of its state that requires grad and
+differentiates ``log_density(x).sum()`` with respect to that input only; it must not read or
+write global random state.
+"""
 
 
 @runtime_checkable
@@ -65,11 +73,22 @@ class Encoder(Protocol):
 
 @dataclass
 class SamplerOutput:
-    """What a sampler run returns.
+    """What a sampler run returns: built by `Sampler.run`, read by the objective that ran it.
 
-    All diagnostics stay on the device as tensors; the caller reads them once per iteration.
-    `energies[t]` and `grad_norms[t]` are batch means at step t (energy = -log density).
-    `acceptance` is the mean Metropolis-Hastings acceptance rate, or None without MH.
+    All diagnostics stay on the device as tensors (no host sync inside the sampler's loop); the
+    objective copies what it wants into `StepResult.scalars`, which the trainer reads once per
+    iteration.
+
+    Attributes:
+        samples: the final states, same shape, dtype and device as the sampler's `init` (a
+            new tensor: `init` is never written to); entries where the `mask` was 0 are
+            bit-identical to `init`.
+        energies: shape ``[n_steps]``; ``energies[t]`` is the batch mean of the energy
+            (``-log_density``) at step t (before that step's update).  Empty for 0 steps.
+        grad_norms: shape ``[n_steps]``; ``grad_norms[t]`` is the batch mean of the per-example
+            L2 norm of the log-density's gradient at step t.  Empty for 0 steps.
+        acceptance: the mean Metropolis-Hastings acceptance rate over steps and examples (a
+            0-d tensor), or None for a sampler without the Metropolis correction.
     """
 
     samples: Tensor
@@ -100,25 +119,41 @@ class Sampler(Protocol):
 
 @dataclass
 class Batch:
-    """One minibatch: images in the model's range, their dataset indices, and an optional mask
-    of observed pixels (1 = observed)."""
+    """One minibatch: built by the trainer each iteration, passed to `Objective.step`.
+
+    The trainer draws the indices from its seeded batch schedule, reads the examples with the
+    dataset's `get_batch(index)` and moves both to the run's device before calling `step`.
+
+    Attributes:
+        x: the examples, ``[B, *data_shape]`` float tensor on the run's device, in the
+            model's range (what the dataset yields, e.g. [-1, 1] for the image datasets).
+        index: ``[B]`` int64 tensor, the position of each example in the training set
+            (``0 <= index < Parts.n_train``); objectives with per-example state (persistent
+            chains, Algorithm G's latents) index it with this.
+    """
 
     x: Tensor
     index: Tensor
-    mask: Optional[Tensor] = None
 
     def to(self, device: torch.device) -> "Batch":
-        return Batch(
-            self.x.to(device, non_blocking=True),
-            self.index.to(device, non_blocking=True),
-            None if self.mask is None else self.mask.to(device, non_blocking=True),
-        )
+        """A copy of the batch on `device` (non-blocking copies)."""
+        return Batch(self.x.to(device, non_blocking=True), self.index.to(device, non_blocking=True))
 
 
 @dataclass
 class StepResult:
-    """What one objective iteration reports: 0-d tensors (read once per iteration by the
-    trainer) and optional per-example tensors for histograms."""
+    """What one objective iteration reports: returned by `Objective.step`, read by the trainer.
+
+    Attributes:
+        scalars: named 0-d tensors (losses, mean scores, diagnostics) on any device, kept as
+            tensors (no ``.item()``).  The trainer stacks them and copies them to the host once
+            per iteration, stops the run with a divergence error if any is not finite, and
+            writes them to ``metrics.jsonl`` and TensorBoard (``train/<name>``) every
+            ``run.log_every`` iterations.
+        histograms: named per-example tensors (e.g. the descriptor's scores on observed and
+            synthesised examples), written as TensorBoard histograms when the scalars are
+            logged.  Optional; empty by default.
+    """
 
     scalars: dict[str, Tensor]
     histograms: dict[str, Tensor] = field(default_factory=dict)
@@ -126,9 +161,26 @@ class StepResult:
 
 @dataclass
 class Parts:
-    """Everything an objective is built from: networks, samplers and optimisers by role name,
-    the training-set size (for per-example state such as Algorithm G's latents) and the
-    device."""
+    """Everything an objective is built from: built by the framework from the recipe and
+    passed to the objective's factory as ``factory(options, parts=parts)``.
+
+    Role names are the recipe's keys (``[models.descriptor]`` gives ``models["descriptor"]``).
+    Only the roles the recipe configures are present: the framework checks that the objective's
+    `required_models` and `required_samplers` are there before building it; optional roles
+    (e.g. CoopNets' ``inference`` sampler) are looked up with ``.get``.
+
+    Attributes:
+        models: the networks by role, built from ``[models.<role>]`` and already on `device`;
+            `EnergyModel`, `Generator` or `Encoder` implementations.
+        samplers: the samplers by role, built from ``[samplers.<role>]``; `Sampler`
+            implementations.
+        optimizers: one optimiser per model role that has an ``[optimizers.<role>]`` table,
+            over that model's parameters (learning-rate decay is applied by the trainer).
+        n_train: the number of examples in the training set, for per-example state such as
+            Algorithm G's latents or persistent chains (`Batch.index` indexes it).
+        device: the device the run trains on.
+        data_shape: the shape of one training example (``dataset.shape``), e.g. ``(1, 28, 28)``.
+    """
 
     models: dict[str, nn.Module]
     samplers: dict[str, Any]

@@ -1,9 +1,9 @@
 """Typed component registries.
 
-One `Registry` per family (energy, generator, encoder, sampler, objective, dataset, metric,
-table).  A plugin adds entries through its hook, e.g. ``coop_register_samplers(registry)``,
-and receives a view of the registry that records it as the owner of what it adds, so a
-duplicate name is rejected naming both owners.
+One `Registry` per family of `coopcore.families.FAMILIES`.  A plugin adds entries through its
+hook, e.g. ``coop_register_samplers(registry)``, and receives a view of the registry that
+records it as the owner of what it adds, so a duplicate name is rejected naming both owners
+(also across registries that share a namespace: the model families).
 
 Every entry pairs a factory with an attrs options class: recipes give the options as a table,
 `coopcore.config.structure` validates them against that class (unknown keys and wrong types
@@ -20,18 +20,6 @@ from .errors import RegistryError
 
 T = TypeVar("T")
 
-FAMILIES: tuple[str, ...] = (
-    "energy",
-    "generator",
-    "encoder",
-    "sampler",
-    "objective",
-    "dataset",
-    "metric",
-    "table",
-)
-
-
 @attrs.frozen
 class NoOptions:
     """Options class of a component that takes none."""
@@ -47,15 +35,13 @@ class Entry(Generic[T]):
     owner: str
     summary: str
 
-    def default_options(self) -> Any:
-        return self.options()
-
 
 class Registry(Generic[T]):
     """The registry of one family.
 
     `check` is called on every factory at registration (reject what cannot be one of this
-    family) and `validate` on every object a factory returns (a protocol check).
+    family) and `validate` on every object a factory returns (a protocol check).  Registries
+    given the same `namespace` list (the model families) reject a name another of them holds.
     """
 
     def __init__(
@@ -63,11 +49,14 @@ class Registry(Generic[T]):
         family: str,
         check: Optional[Callable[[Callable[..., Any]], Optional[str]]] = None,
         validate: Optional[Callable[[Any], Optional[str]]] = None,
+        namespace: Optional[list["Registry[Any]"]] = None,
     ) -> None:
         self.family = family
         self._entries: dict[str, Entry[T]] = {}
         self._check = check
         self._validate = validate
+        self._namespace = namespace if namespace is not None else []
+        self._namespace.append(self)
 
     # -- registration -------------------------------------------------------------------
     def add(
@@ -86,6 +75,15 @@ class Registry(Generic[T]):
             raise RegistryError(
                 f"duplicate {self.family} '{name}': registered by '{other}' and again by '{owner}'"
             )
+        for peer in self._namespace:
+            if peer is not self and name in peer._entries:  # noqa: SLF001 - same class
+                other = peer._entries[name].owner  # noqa: SLF001
+                shared = [r.family for r in self._namespace]
+                raise RegistryError(
+                    f"{self.family} '{name}' of plugin '{owner}' reuses the name of the {peer.family} "
+                    f"'{name}' registered by '{other}': {', '.join(shared[:-1])} and {shared[-1]} names "
+                    "share one namespace (a recipe names a model without its family); rename one of them"
+                )
         if not callable(factory):
             raise RegistryError(f"{owner}: {self.family} '{name}' factory is not callable: {factory!r}")
         if not attrs.has(options):
@@ -109,6 +107,11 @@ class Registry(Generic[T]):
         entry = Entry(name=name, factory=factory, options=options, owner=owner, summary=summary)
         self._entries[name] = entry
         return entry
+
+    def remove_owner(self, owner: str) -> None:
+        """Drop everything `owner` registered (the rollback of a plugin that failed to load)."""
+        for name in [n for n, e in self._entries.items() if e.owner == owner]:
+            del self._entries[name]
 
     def scoped(self, owner: str) -> "ScopedRegistry[T]":
         """A view that registers on behalf of `owner` (what a plugin hook receives)."""
@@ -141,8 +144,12 @@ class Registry(Generic[T]):
     def create(self, name: str, options: Any = None, /, **kwargs: Any) -> T:
         """Build component `name` from validated options (defaults when None)."""
         entry = self.get(name)
-        opts = entry.options() if options is None else options
-        obj = entry.factory(opts, **kwargs)
+        return self.instantiate(entry, entry.options() if options is None else options, **kwargs)
+
+    def instantiate(self, entry: Entry[T], options: Any, /, **kwargs: Any) -> T:
+        """Build a looked-up entry from its validated options object; check what the factory returns."""
+        name = entry.name
+        obj = entry.factory(options, **kwargs)
         if self._validate is not None:
             problem = self._validate(obj)
             if problem:
@@ -163,17 +170,6 @@ class ScopedRegistry(Generic[T]):
 
     def add(self, name: str, factory: Callable[..., T], options: type = NoOptions, summary: str = "") -> Entry[T]:
         return self._registry.add(name, factory, options, summary, owner=self.owner)
-
-    def register(
-        self, name: str, options: type = NoOptions, summary: str = ""
-    ) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        """Decorator form of `add`."""
-
-        def deco(factory: Callable[..., T]) -> Callable[..., T]:
-            self.add(name, factory, options, summary)
-            return factory
-
-        return deco
 
     def __contains__(self, name: object) -> bool:
         return name in self._registry

@@ -12,15 +12,15 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
 import attrs
 import torch
 
-from .config import config_hash, load_experiment, read_recipe_data, structure, unstructure
+from .config import read_recipe_data, structure
 from .errors import ConfigError, UsageError
+from .rundir import git_commit
 
 SCALES = ("smoke", "short", "full")
 
@@ -87,26 +87,8 @@ class TableSpec:
         return f"{self.paper}:{self.table}"
 
 
-def packaged_file(package: str, name: str) -> Path:
-    return Path(str(resources.files(package).joinpath(name)))
-
-
 def load_table_spec(path: Path) -> TableSpec:
     return structure(TableSpec, read_recipe_data(Path(path)), "", str(path))
-
-
-def recipe_path(name: str) -> Path:
-    """A recipe by packaged name (``coopnets-digits``) or by file path."""
-    candidate = Path(name)
-    if candidate.suffix == ".toml" and candidate.exists():
-        return candidate
-    packaged = packaged_file("coopcore.recipes", name if name.endswith(".toml") else f"{name}.toml")
-    if packaged.exists():
-        return packaged
-    if candidate.exists():
-        return candidate
-    available = ", ".join(sorted(p.stem for p in packaged.parent.glob("*.toml")))
-    raise UsageError(f"recipe '{name}' not found: not a file and not a packaged recipe ({available})")
 
 
 def _select(evals: list[dict[str, Any]], label: str, how: str) -> Optional[dict[str, Any]]:
@@ -158,49 +140,51 @@ def run_table(
     out: Path,
     registries: Any,
     *,
-    device: str = "auto",
+    device: Optional[str] = None,
     data_root: Optional[str] = None,
     seed: Optional[int] = None,
     extra_overrides: tuple[str, ...] = (),
     echo: Callable[[str], None] = print,
     progress: Optional[bool] = None,
 ) -> dict[str, Any]:
-    """Train every run of `spec` at `scale` and write the table's results under `out`."""
-    from .build import build_experiment, pick_device, resolve_experiment
-    from .rng import seed_everything
-    from .trainer import Trainer, git_commit, prepare_run_dir
+    """Train every run of `spec` at `scale` and write the table's results under `out`.
+
+    Each run goes through the same path as `coop train` (`coopcore.experiment.resolve`, then
+    `coopcore.run.train`) into ``out/runs/<run id>``.
+    """
+    from .experiment import resolve
+    from .run import train
 
     if scale not in SCALES:
         raise UsageError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
-    out = prepare_run_dir(out, resume=False)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"output folder {out} already exists and is not empty; refusing to overwrite it. "
+                         "Choose another --out.")
+    out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     run_records: dict[str, Any] = {}
     evals_by_run: dict[str, list[dict[str, Any]]] = {}
     for run in spec.runs:
         sc = run.scales.get(scale, ScaleSpec())
-        rpath = recipe_path(sc.recipe or run.recipe)
         overrides = list(sc.set) + list(extra_overrides)
-        if seed is not None:
-            overrides.append(f"run.seed={seed}")
-        cfg = resolve_experiment(load_experiment(rpath, overrides), registries)
-        seed_everything(cfg.run.seed)
-        dev = pick_device(device if device != "auto" else cfg.run.device)
-        exp = build_experiment(cfg, registries, dev, data_root)
+        resolved = resolve(sc.recipe or run.recipe, overrides, seed=seed, device=device, registries=registries)
         run_dir = out / "runs" / run.id
-        run_dir.mkdir(parents=True)
-        echo(f"[{spec.key} {scale}] run '{run.id}': {rpath.name} on {dev}, {cfg.run.iterations} iterations")
-        summary = Trainer(exp, run_dir, progress=progress, echo=echo).fit()
+        recipe_name = Path(resolved.source).name
+        echo(f"[{spec.key} {scale}] run '{run.id}': {recipe_name}, {resolved.run.iterations} iterations")
+        summary = train(resolved, run_dir, data_root=data_root, progress=progress, echo=echo, registries=registries)
         evals_by_run[run.id] = summary.evaluations
+        provenance = json.loads((run_dir / "provenance.json").read_text())
         run_records[run.id] = {
-            "recipe": rpath.name,
+            "recipe": recipe_name,
             "overrides": overrides,
-            "config_hash": config_hash(unstructure(cfg)),
-            "seed": cfg.run.seed,
+            "config_hash": resolved.hash(),
+            "seed": resolved.run.seed,
             "iterations": summary.iterations,
             "images_seen": summary.images_seen,
             "seconds": round(summary.seconds, 2),
-            "device": str(dev),
-            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+            "device": provenance["device"],
+            "device_name": provenance["device_name"] if provenance["device"].startswith("cuda") else "cpu",
         }
         samples = sorted((run_dir / "samples").glob("*.png"))
         final = [p for p in samples if p.name.startswith(f"iter-{summary.iterations:08d}")]
@@ -227,7 +211,7 @@ def run_table(
         "cells": cells,
         "published": [attrs.asdict(p) for p in spec.published],
         "provenance": {
-            "git_commit": git_commit(), "torch_version": torch.__version__, "runs": run_records,
+            "git_commit": git_commit(), "torch_version": str(torch.__version__), "runs": run_records,
             "seconds": round(time.time() - started, 1),
         },
     }

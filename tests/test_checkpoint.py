@@ -7,12 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from coopcore.build import build_experiment, resolve_experiment
 from coopcore.checkpoint import CheckpointDir, load_checkpoint, save_checkpoint
-from coopcore.config import experiment_from_data
 from coopcore.errors import CheckpointError
-from coopcore.rng import seed_everything
-from coopcore.trainer import Trainer
+from coopcore.experiment import resolve_data
+from coopcore.run import train as train_run
 
 from conftest import run_cli
 
@@ -42,18 +40,13 @@ def config(objective: str, iterations: int) -> dict:
 
 
 def train(data: dict, run_dir: Path, registries, resume: bool = False):
-    cfg = resolve_experiment(experiment_from_data(data), registries)
-    seed_everything(cfg.run.seed)
-    exp = build_experiment(cfg, registries, torch.device("cpu"))
-    if not resume:
-        run_dir.mkdir(parents=True)
-    trainer = Trainer(exp, run_dir, progress=False, resume=resume, echo=lambda m: None)
-    trainer.fit()
-    return trainer
+    """Train through the path `coop train` takes; return the run's summary."""
+    return train_run(resolve_data(data, registries=registries), run_dir, resume=resume, progress=False,
+                     echo=lambda m: None, registries=registries)
 
 
-def full_state(trainer: Trainer) -> dict:
-    return trainer.state_payload()
+def full_state(summary) -> dict:
+    return load_checkpoint(summary.checkpoint)
 
 
 def assert_identical(a, b, path="state"):
@@ -87,7 +80,7 @@ def test_stop_and_resume_is_bit_exact(tmp_path, registries, objective):
 
 def test_checkpoint_holds_complete_state(tmp_path, registries):
     t = train(config("algorithm_d", 2), tmp_path / "r", registries)
-    payload = load_checkpoint(t.last_checkpoint)
+    payload = load_checkpoint(t.checkpoint)
     for key in ("models", "optimizers", "objective", "rng", "iteration", "images_seen", "config", "coopnets_version"):
         assert key in payload
     assert payload["objective"]["chains"].shape == (16, 1, 16, 16)
@@ -145,8 +138,9 @@ def test_run_directory_is_never_overwritten(tmp_path, capsys):
     assert run_cli(["train", "coopnets-digits", "--out", out]) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
     assert (out / "something").read_text() == "precious"
-    assert run_cli(["train", "coopnets-digits", "--out", tmp_path / "nope", "--resume"]) == 2
+    assert run_cli(["train", "coopnets-digits", "--out", out, "--resume"]) == 2
     assert "not a run directory" in capsys.readouterr().err
+    assert (out / "something").read_text() == "precious"
 
 
 def test_resume_rejects_changed_recipe(tmp_path, registries):
@@ -157,3 +151,47 @@ def test_resume_rejects_changed_recipe(tmp_path, registries):
 
     with pytest.raises(UsageError, match="optimizers.descriptor.lr"):
         train(changed, tmp_path / "r", registries, resume=True)
+
+
+def _body(path: Path) -> bytes:
+    raw = path.read_bytes()
+    return raw[raw.index(b"\n") + 1:]
+
+
+@pytest.mark.parametrize("objective", ["coopnets", "algorithm_g"])
+def test_run_checkpoints_open_with_weights_only(tmp_path, registries, objective):
+    """The payload is plain data: torch's restricted unpickler reads it (no code runs)."""
+    import io
+
+    summary = train(config(objective, 2), tmp_path / "r", registries)
+    payload = torch.load(io.BytesIO(_body(summary.checkpoint)), weights_only=True)
+    assert payload["iteration"] == 2 and isinstance(payload["torch_version"], str)
+    assert isinstance(payload["rng"]["numpy"][1], torch.Tensor)
+
+
+def test_format_1_checkpoint_loads_with_a_warning(tmp_path):
+    """A checkpoint written before format 2 (pickled numpy RNG state inside) still loads."""
+    import hashlib
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    torch.save({"rng": {"numpy": np.random.get_state()}, "x": torch.arange(3)}, buf)
+    body = buf.getvalue()
+    path = tmp_path / "old.ckpt"
+    path.write_bytes(b"COOPCKPT 1 %s %d\n" % (hashlib.sha256(body).hexdigest().encode(), len(body)) + body)
+    notes = []
+    payload = load_checkpoint(path, warn=notes.append)
+    assert torch.equal(payload["x"], torch.arange(3)) and notes and "format-1" in notes[0]
+    with pytest.warns(UserWarning, match="trust its source"):
+        load_checkpoint(path)
+
+
+def test_payload_that_is_not_plain_data_is_refused_naming_the_key(tmp_path):
+    class Opaque:
+        pass
+
+    with pytest.raises(CheckpointError, match=r"payload\['objective'\]\['ema'\] is a .*Opaque"):
+        save_checkpoint(tmp_path / "x.ckpt", {"objective": {"ema": Opaque()}})
+    assert not (tmp_path / "x.ckpt").exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -87,11 +88,64 @@ def test_mnist_reader_on_real_files(shared_mnist):
     assert len(mnist_dataset(MnistOptions(split="train55k"), shared_mnist)) == 55000
 
 
-def test_bench_runs_both_loops(capsys):
-    assert run_cli(["bench", "--batch", "4", "--steps", "2", "--repeats", "1", "--json", "--device", "cpu"]) == 0
-    res = json.loads(capsys.readouterr().out)
-    assert res["framework_s_median"] > 0 and res["baseline_s_median"] > 0
-    assert res["speedup_baseline_over_framework"] == pytest.approx(res["baseline_s_median"] / res["framework_s_median"])
+class _SlowSampler:
+    """The bench's sampler with a fixed delay added to every run."""
+
+    def __init__(self, sampler, delay: float) -> None:
+        self.sampler, self.delay, self.n_steps = sampler, delay, sampler.n_steps
+
+    def run(self, *args, **kwargs):
+        time.sleep(self.delay)
+        return self.sampler.run(*args, **kwargs)
+
+
+def test_bench_times_each_loop_on_its_own_side(monkeypatch, capsys):
+    """`coop bench --json` reports the run it was asked for, and a loop slowed down on purpose
+    is the one reported slower: the eager baseline first, then the framework's sampler.  A tiny
+    descriptor keeps both loops far below the added delay even on a loaded machine."""
+    from coopcore import EnergyModelBase, bench, hookimpl
+    from coopcore import plugin_manager as pmod
+
+    class Tiny(EnergyModelBase):
+        def __init__(self, options=None) -> None:
+            super().__init__((1, 4, 4), 1.0)
+            self.lin = torch.nn.Linear(16, 1)
+
+        def score(self, x):
+            return self.lin(x.flatten(1)).squeeze(1)
+
+    class TinyPlugin:
+        @hookimpl
+        def coop_register_energy_models(self, registry):
+            registry.add("test.tiny_descriptor", Tiny)
+
+    regs = pmod.load_registries([("tiny", TinyPlugin())])
+    monkeypatch.setattr(pmod, "_DEFAULT", regs)  # what `coop bench` and the bench look up
+    delay = 0.2
+    args = ["bench", "--batch", "4", "--steps", "2", "--repeats", "3", "--json", "--device", "cpu",
+            "--descriptor", "test.tiny_descriptor"]
+
+    def run() -> dict:
+        assert run_cli(args) == 0
+        res = json.loads(capsys.readouterr().out)
+        assert {"benchmark", "device_name", "torch", "threads", "framework_s_median", "baseline_s_median",
+                "speedup_baseline_over_framework"} <= set(res)
+        assert (res["descriptor"], res["batch"], res["steps"], res["repeats"], res["device"]) == (
+            "test.tiny_descriptor", 4, 2, 3, "cpu")
+        return res
+
+    eager = bench.eager_langevin
+    with monkeypatch.context() as m:
+        m.setattr(bench, "eager_langevin", lambda *a, **k: (time.sleep(delay), eager(*a, **k))[1])
+        res = run()
+    assert res["baseline_s_median"] >= delay > res["framework_s_median"]
+    assert res["speedup_baseline_over_framework"] > 1
+
+    create = regs.sampler.create
+    monkeypatch.setattr(regs.sampler, "create", lambda *a, **k: _SlowSampler(create(*a, **k), delay))
+    res = run()
+    assert res["framework_s_median"] >= delay > res["baseline_s_median"]
+    assert res["speedup_baseline_over_framework"] < 1
 
 
 def test_eager_baseline_and_sampler_follow_the_same_dynamics():
@@ -114,3 +168,52 @@ def test_eager_baseline_and_sampler_follow_the_same_dynamics():
     assert torch.allclose(ours, y.detach(), atol=1e-6)
     eager_langevin(d, y0, 2, 0.002)  # the baseline itself runs and leaves no gradients behind
     assert all(p.grad is None for p in d.parameters())
+
+
+NAMELESS_METRIC_PLUGIN = '''
+from coopcore import MetricResult, NoOptions, hookimpl
+
+class Nameless:
+    name = "nameless"
+
+    def compute(self, context):
+        return MetricResult(value=1.0, n_samples=1, backend="test")  # forgets `name`
+
+@hookimpl
+def coop_register_metrics(registry):
+    registry.add("nameless", lambda options: Nameless(), NoOptions, "a metric with a bug")
+'''
+
+
+def _add_plugin(monkeypatch, tmp_path, module: str, source: str) -> None:
+    import importlib.metadata as md
+
+    import coopcore.plugin_manager as pmod
+
+    class Dist:
+        metadata = {"Name": f"{module}-dist"}
+        version = "0.0"
+
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    real = pmod._entry_points()
+    ep = md.EntryPoint(name=module, value=module, group="coop")
+    object.__setattr__(ep, "dist", Dist())
+    monkeypatch.setattr(pmod, "_entry_points", lambda: [*real, ep])
+    pmod.reset_registries()
+
+
+def test_eval_reports_a_metric_plugins_exception_without_traceback(trained_run, monkeypatch, tmp_path, capsys):
+    _add_plugin(monkeypatch, tmp_path, "coop_nameless_metric", NAMELESS_METRIC_PLUGIN)
+    assert run_cli(["eval", trained_run, "--metric", "nameless"]) == 1
+    err = capsys.readouterr().err
+    assert "metric 'nameless' failed: TypeError" in err and "name" in err
+    assert "plugin 'coop_nameless_metric'" in err and "Traceback" not in err
+    assert "Traceback" in (trained_run / "error.log").read_text()
+
+
+def test_train_says_in_one_line_that_a_plugin_failed_to_load(monkeypatch, tmp_path, capsys):
+    _add_plugin(monkeypatch, tmp_path, "coop_broken_dep", "raise ImportError('needs libfoo')\n")
+    assert run_cli(["train", "coopnets-digits", "--out", tmp_path / "r", "--set", "run.iterations=0"]) == 2
+    lines = [x for x in capsys.readouterr().err.splitlines() if "failed to load" in x]
+    assert lines == ["warning: 1 plugin(s) failed to load and are skipped: coop_broken_dep (see `coop plugins`)"]

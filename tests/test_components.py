@@ -1,10 +1,12 @@
 """Protocol checks and the paper architectures' sizes."""
 from __future__ import annotations
 
+import pytest
 import torch
 
-from coopcore import Encoder
-from coopcore.plugin_manager import load_registries
+from coopcore import RegistryError
+from coopcore.contract import ContractViolation, check_encoder
+from coopcore.plugin_manager import Registries, load_registries
 
 REG = load_registries()
 
@@ -12,22 +14,51 @@ REG = load_registries()
 # The protocol loop over every registered part lives in tests/test_contract.py.
 
 
-def test_encoder_protocol_is_checkable():
-    class Enc(torch.nn.Module):
-        input_shape = (4,)
-        latent_shape = (2,)
+class _Enc(torch.nn.Module):
+    input_shape = (4,)
+    latent_shape = (2,)
+
+    def __init__(self, options=None) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.lin(x).chunk(2, dim=1)
+
+
+class _NoInputShape(torch.nn.Module):
+    latent_shape = (2,)
+
+    def __init__(self, options=None) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.lin(x).chunk(2, dim=1)
+
+
+def test_encoder_registry_accepts_an_encoder_and_rejects_one_without_input_shape():
+    """What a registered encoder factory builds is checked against the Encoder protocol (an
+    object without `input_shape` is refused naming it), and so is a non-module class."""
+    regs = Registries()
+    regs.encoder.add("ok", _Enc, owner="t")
+    regs.encoder.add("no_input_shape", _NoInputShape, owner="t")
+    enc = regs.encoder.create("ok")
+    check_encoder(enc)  # and it passes the encoder contract
+    with pytest.raises(RegistryError, match=r"encoder 'no_input_shape' \(from 't'\).*does not implement Encoder"):
+        regs.encoder.create("no_input_shape")
+    with pytest.raises(ContractViolation, match="Encoder protocol"):
+        check_encoder(_NoInputShape())
+
+    class NotAModule:
+        input_shape, latent_shape = (4,), (2,)
 
         def forward(self, x):
-            return x[:, :2], x[:, 2:4]
+            return x, x
 
-    class NoInputShape(torch.nn.Module):
-        latent_shape = (2,)
-
-        def forward(self, x):
-            return x[:, :2], x[:, 2:4]
-
-    assert isinstance(Enc(), Encoder)
-    assert not isinstance(NoInputShape(), Encoder)
+    with pytest.raises(RegistryError, match="not a torch.nn.Module subclass"):
+        regs.encoder.add("plain", NotAModule, owner="t")
+    assert list(regs.encoder) == ["no_input_shape", "ok"]
 
 
 def test_paper_architecture_shapes():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from coopcore.config import ExperimentConfig, apply_overrides, structure
 from coopcore.errors import ConfigError
@@ -125,3 +126,48 @@ def test_cross_field_error_names_the_field_left_at_its_default():
         # three layers given, 'channels' left at its four-layer default: the check names channels
         structure(ConvGeneratorOptions, {"sizes": [4, 8, 16], "kernels": [4, 4, 4]}, "models.generator.options")
     assert "'models.generator.options.channels'" in str(err.value)
+
+
+def test_cross_field_check_names_its_field_with_option_error():
+    import attrs
+
+    from coopcore import OptionError
+
+    @attrs.frozen
+    class KineticOptions:
+        friction: float = 1.0
+        step_size: float = 0.1
+
+        def __attrs_post_init__(self) -> None:
+            if self.step_size * self.friction > 1:
+                raise OptionError("step_size", "times 'friction' must be <= 1 for a stable integrator")
+
+    with pytest.raises(ConfigError) as err:
+        structure(KineticOptions, {"friction": 20.0, "step_size": 0.1}, "samplers.revision.options")
+    assert str(err.value).startswith("'samplers.revision.options.step_size': times 'friction'")
+
+
+def test_data_model_shape_mismatch_exits_2_before_training(tmp_path, capsys):
+    """28x28 data into a descriptor built for 16x16: exit 2 naming both keys, no run directory."""
+    from conftest import tiny_digits_overrides
+
+    out = tmp_path / "run"
+    sets = [x for s in tiny_digits_overrides() for x in ("--set", s)]
+    code = run_cli(["train", "coopnets-digits", "--out", out, "--no-progress", *sets, "--set", "data.options.size=28"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "'models.descriptor'" in err and "input_shape [1, 16, 16]" in err and "'data'" in err
+    assert "[1, 28, 28]" in err and "Traceback" not in err
+    assert not out.exists()  # refused before the run directory was made
+
+
+def test_generator_output_shape_is_checked_too(registries):
+    from coopcore.build import build_experiment
+    from coopcore.experiment import resolve
+
+    from conftest import tiny_digits_overrides
+
+    resolved = resolve("coopnets-digits", [*tiny_digits_overrides(), "models.generator.options.out_channels=3"],
+                       registries=registries)
+    with pytest.raises(ConfigError, match=r"'models\.generator'.*output_shape \[3, 16, 16\].*\[1, 16, 16\]"):
+        build_experiment(resolved, torch.device("cpu"), registries=registries)

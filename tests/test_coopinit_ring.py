@@ -14,6 +14,9 @@ at full strength (6,000 iterations at batch 256) over 4 seeds.
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -32,25 +35,26 @@ LIGHT_RUN = ["run.threads=1", "run.log_every=500", "run.sample_every=0", "run.sa
 def train_ring(recipe: str, seed: int, overrides: list[str], run_dir: Path) -> dict[str, float]:
     """Train a packaged recipe as `coop train RECIPE --seed SEED --set ...` does; return the
     recipe's final evaluations by label ("modes", "high_quality")."""
-    from coopcore.build import build_experiment, resolve_experiment
-    from coopcore.config import load_experiment
-    from coopcore.plugin_manager import get_registries
-    from coopcore.repro import recipe_path
-    from coopcore.rng import seed_everything
-    from coopcore.trainer import Trainer, prepare_run_dir
+    from coopcore.experiment import resolve
+    from coopcore.run import train
 
-    regs = get_registries()
-    cfg = resolve_experiment(load_experiment(recipe_path(recipe), [*overrides, *LIGHT_RUN, f"run.seed={seed}"]), regs)
-    seed_everything(cfg.run.seed)
-    exp = build_experiment(cfg, regs, torch.device("cpu"))
-    summary = Trainer(exp, prepare_run_dir(run_dir, False), progress=False, echo=lambda *_: None).fit()
+    resolved = resolve(recipe, [*overrides, *LIGHT_RUN], seed=seed, device="cpu")
+    summary = train(resolved, run_dir, progress=False, echo=lambda *_: None)
     return {e["label"]: float(e["value"]) for e in summary.evaluations}
 
 
 def compare(seeds: tuple[int, ...], gan_overrides: list[str], coop_overrides: list[str], tmp_path: Path):
-    gan = [train_ring("coopinit-ring-gan", s, gan_overrides, tmp_path / f"gan-{s}") for s in seeds]
-    coop = [train_ring("coopinit-ring-coopinit", s, coop_overrides, tmp_path / f"coop-{s}") for s in seeds]
-    return gan, coop
+    """Train every (recipe, seed) pair; the runs are independent single-thread runs, so they go
+    to one worker process per core (each is seeded: the result does not depend on where it ran)."""
+    jobs = [("coopinit-ring-gan", s, gan_overrides, tmp_path / f"gan-{s}") for s in seeds]
+    jobs += [("coopinit-ring-coopinit", s, coop_overrides, tmp_path / f"coop-{s}") for s in seeds]
+    workers = min(len(jobs), os.cpu_count() or 1)
+    if workers == 1:
+        results = [train_ring(*job) for job in jobs]
+    else:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(train_ring, *zip(*jobs)))
+    return results[: len(seeds)], results[len(seeds):]
 
 
 def _mean(rows: list[dict[str, float]], key: str) -> float:

@@ -294,7 +294,7 @@ def _wide(value: int) -> np.ndarray:
 
 
 def test_lsun_lmdb_key_order_crop_and_limit(tmp_path):
-    lmdb = pytest.importorskip("lmdb")
+    import lmdb  # the `test` extra installs it
     from coop_datasets.lsun import LsunOptions, lsun_dataset
 
     env = lmdb.open(str(tmp_path / "bedroom_train_lmdb"), map_size=1 << 22)
@@ -451,7 +451,7 @@ def test_synthetic_clip_defaults_and_scalings():
 
 
 def _write_video(path: Path, frames: np.ndarray) -> None:
-    av = pytest.importorskip("av")
+    import av
     with av.open(str(path), "w") as out:
         stream = out.add_stream("ffv1", rate=25)  # lossless, so pixels can be compared exactly
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "bgr0"

@@ -86,7 +86,6 @@ def test_fountain_video_eight_frames(tmp_path):
     from coop_datasets.video import VideoOptions, video_dataset
 
     _need(FOUNTAIN)
-    pytest.importorskip("av")
     ds = video_dataset(VideoOptions(path=str(FOUNTAIN), frames=8, size=32))
     x = ds.get_batch(torch.arange(1))
     assert ds.shape == (3, 8, 32, 32) and x.shape == (1, 3, 8, 32, 32)

@@ -158,10 +158,7 @@ def test_objective_step_updates_every_grid(start):
     named = obj.samples(5, g)
     assert named["grid1"].shape == (5, 3, 4, 4) and named["revised"].shape == (5, 3, 16, 16)
     assert torch.equal(named["grid2"], named["revised"])
-    # masked step (inpainting): runs and stays finite
-    mask = torch.ones(6, 1, 16, 16)
-    mask[:, :, 4:12, 4:12] = 0
-    res = obj.step(Batch(x, torch.arange(6, 12), mask), g)
+    res = obj.step(Batch(x, torch.arange(6, 12)), g)
     assert all(torch.isfinite(v) for v in res.scalars.values())
     state = obj.state_dict()
     assert state["seen"].sum() == 12
@@ -175,8 +172,8 @@ def test_objective_names_missing_role():
 
 def test_two_grid_recipe_resolves_builds_and_trains(registries):
     """Required roles follow n_grids: a 2-grid recipe (grid1, grid2) passes the pre-build checks."""
-    from coopcore.build import build_experiment, resolve_experiment
-    from coopcore.config import experiment_from_data
+    from coopcore.build import build_experiment
+    from coopcore.experiment import resolve_data
 
     grid = lambda k: {"name": "multigrid.descriptor", "options": {"grid": k, "input_shape": [1, 4**k, 4**k], "channels": [8, 16], "kernels": [3, 3],  # noqa: E731
                                                                   "strides": [2, 1]}}
@@ -188,8 +185,7 @@ def test_two_grid_recipe_resolves_builds_and_trains(registries):
         "optimizers": {"grid1": {"lr": 1e-3}, "grid2": {"lr": 1e-3}},
         "objective": {"name": "multigrid", "options": {"n_grids": 2, "factor": 4}},
     }
-    cfg = resolve_experiment(experiment_from_data(data), registries)
-    exp = build_experiment(cfg, registries, torch.device("cpu"))
+    exp = build_experiment(resolve_data(data, registries=registries), torch.device("cpu"), registries=registries)
     res = exp.objective.step(Batch(exp.dataset.get_batch(torch.arange(8)), torch.arange(8)), torch.Generator().manual_seed(0))
     assert all(torch.isfinite(v) for v in res.scalars.values())
 
@@ -467,21 +463,21 @@ def test_training_mask_keeps_observed_pixels(kind):
 
 
 def test_bad_options_name_their_field(registries):
-    from coopcore.build import build_experiment, resolve_experiment
-    from coopcore.config import experiment_from_data
+    from coopcore.build import build_experiment
+    from coopcore.experiment import resolve_data
 
     def recipe(objective, options):
         grid = lambda k: {"name": "multigrid.descriptor", "options": {  # noqa: E731
             "grid": k, "input_shape": [1, 4**k, 4**k], "channels": [4], "kernels": [3], "strides": [2]}}
         models = {"grid1": grid(1), "grid2": grid(2)} if objective == "multigrid" else {"descriptor": grid(2)}
-        return experiment_from_data({
+        return {
             "run": {"iterations": 1, "tensorboard": False},
             "data": {"name": "digits", "batch_size": 4, "options": {"size": 16, "limit": 8}},
             "models": models,
             "samplers": {"revision": {"name": "multigrid_langevin", "options": {"n_steps": 1}}},
             "optimizers": {r: {"lr": 1e-3} for r in models},
             "objective": {"name": objective, "options": options},
-        })
+        }
 
     for objective, options, field in (
         ("multigrid", {"n_grids": 2, "train_mask": "Q7"}, "objective.options.train_mask"),
@@ -491,13 +487,13 @@ def test_bad_options_name_their_field(registries):
         ("multigrid.cd1", {"train_mask": "doodle2"}, "objective.options.train_mask"),
     ):
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-            resolve_experiment(recipe(objective, options), registries)
-    too_big = resolve_experiment(recipe("multigrid.single_grid", {"train_mask": "M32"}), registries)
+            resolve_data(recipe(objective, options), registries=registries)
+    too_big = resolve_data(recipe("multigrid.single_grid", {"train_mask": "M32"}), registries=registries)
     with pytest.raises(ConfigError, match=r"objective\.options\.train_mask.*M32"):
-        build_experiment(too_big, registries, torch.device("cpu"))
-    sizes = resolve_experiment(recipe("multigrid", {"n_grids": 2, "sizes": [1, 4, 12]}), registries)
+        build_experiment(too_big, torch.device("cpu"), registries=registries)
+    sizes = resolve_data(recipe("multigrid", {"n_grids": 2, "sizes": [1, 4, 12]}), registries=registries)
     with pytest.raises(ConfigError, match=r"objective\.options\.sizes"):
-        build_experiment(sizes, registries, torch.device("cpu"))
+        build_experiment(sizes, torch.device("cpu"), registries=registries)
 
 
 # ---------------------------------------------------------------------------------------
@@ -516,18 +512,15 @@ def test_recipe_resolves_and_builds(path, registries):
     """Every recipe resolves against the registries; its objective builds on data of the
     recipe's shape (a stand-in tensor, so no files are needed)."""
     from coopcore import TensorImageDataset
-    from coopcore.build import build_experiment, resolve_experiment
-    from coopcore.config import load_experiment
+    from coopcore.build import build_experiment
+    from coopcore.experiment import resolve
 
-    cfg = load_experiment(path)
-    if cfg.data.name not in registries.dataset:
-        pytest.skip(f"dataset '{cfg.data.name}' is not registered (yet)")
-    cfg = resolve_experiment(cfg, registries)
-    opts = cfg.data.options
-    size = {"celeba": opts.get("size", 64), "svhn": 32, "digits": opts.get("size", 28)}[cfg.data.name]
-    channels = 1 if cfg.data.name == "digits" else 3
+    resolved = resolve(path, registries=registries)
+    opts = resolved.data.options
+    size = {"celeba": getattr(opts, "size", 64), "svhn": 32, "digits": getattr(opts, "size", 28)}[resolved.data.name]
+    channels = 1 if resolved.data.name == "digits" else 3
     stand_in = TensorImageDataset(torch.zeros(4, channels, size, size), name="stand-in")
-    exp = build_experiment(cfg, registries, torch.device("cpu"), dataset=stand_in)
+    exp = build_experiment(resolved, torch.device("cpu"), dataset=stand_in, registries=registries)
     assert exp.objective.required_samplers == ("revision",)
 
 

@@ -52,6 +52,51 @@ def test_duplicate_name_rejected_naming_both_owners():
         reg.add("x", TinyDescriptor, owner="two")
 
 
+def test_model_name_reused_across_model_families_fails_the_later_plugin_naming_both():
+    """Recipes name a model without its family, so energy/generator/encoder names must not
+    collide: the plugin that reuses a name fails to load, the first owner keeps it."""
+    first = _plugin(coop_register_energy_models=lambda registry: registry.add("alpha.net", TinyDescriptor))
+
+    def reuse(registry):
+        registry.add("beta.fine", TinyDescriptor)  # rolled back with the failing registration
+
+    second = _plugin(coop_register_energy_models=reuse,
+                     coop_register_generators=lambda registry: registry.add("alpha.net", lambda o: None))
+    regs = pmod.load_registries([("alpha", first), ("beta", second)], entry_points=False)
+    status = {p.name: p for p in regs.plugins}
+    assert status["alpha"].status == "loaded"
+    beta = status["beta"]
+    assert beta.status == "failed" and beta.error.startswith("RegistryError")
+    assert "'alpha'" in beta.error and "'beta'" in beta.error and "alpha.net" in beta.error
+    assert "energy" in beta.error and "generator" in beta.error
+    assert regs.energy.get("alpha.net").owner == "alpha"
+    assert "alpha.net" not in regs.generator and "beta.fine" not in regs.energy
+    # the same holds in the other order, and for encoders
+    regs = pmod.load_registries([
+        ("enc", _plugin(coop_register_encoders=lambda registry: registry.add("m", lambda o: None))),
+        ("ebm", _plugin(coop_register_energy_models=lambda registry: registry.add("m", TinyDescriptor))),
+    ], entry_points=False)
+    assert [(p.name, p.status) for p in regs.plugins] == [("enc", "loaded"), ("ebm", "failed")]
+    assert "'enc'" in regs.plugins[1].error and "'ebm'" in regs.plugins[1].error
+    # other families keep their own namespaces: a sampler may share a model's name
+    regs = pmod.load_registries([("both", _plugin(
+        coop_register_energy_models=lambda registry: registry.add("same", TinyDescriptor),
+        coop_register_samplers=lambda registry: registry.add("same", lambda o: None),
+    ))], entry_points=False)
+    assert regs.plugins[0].status == "loaded", regs.plugins[0].error
+
+
+def test_third_party_model_reusing_a_builtin_name_fails_and_builtin_recipes_keep_working(registries):
+    builtin = next(iter(registries.energy))  # a built-in descriptor name
+    owner = registries.energy.get(builtin).owner
+    clash = _plugin(coop_register_generators=lambda registry: registry.add(builtin, lambda o: None))
+    regs = pmod.load_registries([("clash", clash)])
+    info = next(p for p in regs.plugins if p.name == "clash")
+    assert info.status == "failed" and f"'{owner}'" in info.error and "'clash'" in info.error
+    assert builtin not in regs.generator and regs.energy.get(builtin).owner == owner
+    assert all(p.status == "loaded" for p in regs.plugins if p.builtin)
+
+
 def test_wrong_types_rejected_at_registration():
     regs = pmod.Registries()
     with pytest.raises(RegistryError, match="not a torch.nn.Module"):

@@ -227,13 +227,13 @@ def _tiny_clip_config(registries) -> dict:
 
 
 def test_tiny_clip_trains_through_the_framework(registries):
-    from coopcore.build import build_experiment, resolve_experiment
-    from coopcore.config import experiment_from_data
+    from coopcore.build import build_experiment
+    from coopcore.experiment import resolve_data
     from coopcore.protocols import Batch
 
-    cfg = resolve_experiment(experiment_from_data(_tiny_clip_config(registries)), registries)
+    resolved = resolve_data(_tiny_clip_config(registries), registries=registries)
     torch.manual_seed(0)
-    exp = build_experiment(cfg, registries, torch.device("cpu"))
+    exp = build_experiment(resolved, torch.device("cpu"), registries=registries)
     assert tuple(exp.dataset.shape) == (3, 8, 16, 16)
     models = exp.parts.models
     before = {r: [p.detach().clone() for p in m.parameters()] for r, m in models.items()}
@@ -253,19 +253,16 @@ def test_tiny_clip_trains_through_the_framework(registries):
 
 
 def test_dyntex_recipe_resolves_and_agrees_with_its_data(registries):
-    from coopcore.build import resolve_experiment
-    from coopcore.config import load_experiment
+    from coopcore.experiment import resolve
 
-    if "video" not in registries.dataset:
-        pytest.skip("the video dataset is not registered")
-    cfg = resolve_experiment(load_experiment(RECIPES / "coopnets-dyntex.toml"), registries)
-    data, d, g = cfg.data.options, cfg.models["descriptor"].options, cfg.models["generator"].options
-    assert d["input_shape"] == [3, data["frames"], data["size"], data["size"]]
-    assert (g["frames"], g["size"], g["out_channels"]) == (data["frames"], data["size"], 3)
-    assert cfg.samplers["revision"].options["n_steps"] == 10
-    assert cfg.samplers["revision"].options["step_size"] == 0.002 and d["reference_std"] == 0.016
-    assert cfg.objective.options["n_chains"] == 2 and cfg.objective.options["generator_loss"] == "mean"
-    assert g["sigma"] == 1.0
+    r = resolve(RECIPES / "coopnets-dyntex.toml", registries=registries)
+    data, d, g = r.data.options, r.models["descriptor"].options, r.models["generator"].options
+    assert d.input_shape == (3, data.frames, data.size, data.size)
+    assert (g.frames, g.size, g.out_channels) == (data.frames, data.size, 3)
+    assert r.samplers["revision"].options.n_steps == 10
+    assert r.samplers["revision"].options.step_size == 0.002 and d.reference_std == 0.016
+    assert r.objective.options.n_chains == 2 and r.objective.options.generator_loss == "mean"
+    assert g.sigma == 1.0
 
 
 def test_dyntex_recipe_trains_a_tiny_clip_through_the_cli(registries, tmp_path):
@@ -273,8 +270,6 @@ def test_dyntex_recipe_trains_a_tiny_clip_through_the_cli(registries, tmp_path):
     5-D samples and evaluates PSNR / SSIM."""
     from conftest import run_cli
 
-    if "video" not in registries.dataset:
-        pytest.skip("the video dataset is not registered")
     out = tmp_path / "run"
     sets = ["run.iterations=2", "run.tensorboard=false", "run.sample_every=2", "run.checkpoint_every=2",
             "data.options.frames=8", "data.options.size=16", "models.descriptor.options.input_shape=[3,8,16,16]",

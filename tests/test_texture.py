@@ -16,7 +16,6 @@ from coop_coopnets.texture import (
     TextureDescriptorOptions,
     TextureGenerator,
     TextureGeneratorOptions,
-    receptive_fields,
     texture_descriptor_sizes,
 )
 from conftest import run_cli
@@ -36,11 +35,6 @@ def test_paper_descriptor_geometry():
     convs = [b[0] for b in d.blocks]
     assert [(c.kernel_size, c.stride) for c in convs] == [((15, 15), (3, 3)), ((9, 9), (1, 1)), ((7, 7), (1, 1))]
     assert d.reference_std == 0.012
-
-
-def test_receptive_fields_hand_computed():
-    # 15; 15 + (9 - 1) * 3 = 39; 39 + (7 - 1) * 3 = 57; units 3 pixels apart after layer 1.
-    assert receptive_fields((15, 9, 7), (3, 1, 1)) == [(15, 3), (39, 3), (57, 3)]
 
 
 def test_receptive_field_measured_by_backpropagation():
@@ -111,22 +105,17 @@ def test_generator_crop_is_the_matconvnet_crop():
 
 @pytest.mark.parametrize("recipe", ["coopnets-texture.toml", "coopnets-texture-small.toml"])
 def test_texture_recipes_resolve_and_agree_with_their_data(registries, recipe):
-    from coopcore.build import resolve_experiment
-    from coopcore.config import load_experiment
+    from coopcore.experiment import resolve
 
-    if "texture" not in registries.dataset:
-        pytest.skip("the texture dataset is not registered")
-    cfg = resolve_experiment(load_experiment(RECIPES / recipe), registries)
-    size = cfg.data.options["size"]
-    d, g = cfg.models["descriptor"].options, cfg.models["generator"].options
-    g_opts = TextureGeneratorOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in g.items()})
-    assert d["input_shape"] == [g["out_channels"], size, size]
-    assert g_opts.size == size
+    r = resolve(RECIPES / recipe, registries=registries)
+    size = r.data.options.size
+    d, g = r.models["descriptor"].options, r.models["generator"].options
+    assert isinstance(g, TextureGeneratorOptions)
+    assert d.input_shape == (g.out_channels, size, size)
+    assert g.size == size
 
 
 def test_texture_small_recipe_trains_through_the_cli(registries, tmp_path):
-    if "texture" not in registries.dataset:
-        pytest.skip("the texture dataset is not registered")
     out = tmp_path / "run"
     sets = ["run.iterations=2", "run.tensorboard=false", "run.sample_every=2", "run.checkpoint_every=2",
             "run.sample_count=2", "data.options.size=32", "models.descriptor.options.input_shape=[1,32,32]",

@@ -145,7 +145,7 @@ def test_its_options_are_validated_naming_the_key_path(example_plugin, tmp_path,
 def test_mlp_descriptor_scores_one_value_per_example(example_plugin):
     reg = get_registries()
     entry = reg.energy.get(MODEL)
-    default = entry.default_options()
+    default = entry.options()
     assert (default.input_shape, default.hidden, default.reference_std) == ((1, 28, 28), (256, 256), 0.3)
     opts = structure(entry.options, {"input_shape": [1, 8, 8], "hidden": [16, 8], "reference_std": "none"})
     model = reg.energy.create(MODEL, opts)
@@ -231,7 +231,7 @@ def test_annealed_sampler_draws_noise_from_the_explicit_generator_only(example_p
 
 def test_option_defaults_and_validation(example_plugin):
     entry = get_registries().sampler.get(SAMPLER)
-    default = entry.default_options()
+    default = entry.options()
     assert default.final_step_size <= default.step_size
     with pytest.raises(ConfigError) as err:
         structure(entry.options, {"step_size": 0.01, "final_step_size": 0.1}, "samplers.revision.options")

@@ -117,7 +117,7 @@ def test_table4_literal_reading_and_padded_mnist_head():
 def test_padding_solver_matches_torch():
     import torch.nn.functional as F
 
-    from coop_triangle.networks import conv_padding, transposed_padding
+    from coopcore import conv_padding, transposed_conv_padding
 
     checked = 0
     for size_in in (1, 3, 7, 14, 32):
@@ -127,7 +127,7 @@ def test_padding_solver_matches_torch():
             for s in (1, 2):
                 for size_out in range(1, 2 * size_in + 3):
                     try:
-                        p, op = transposed_padding(size_in, size_out, k, s)
+                        p, op = transposed_conv_padding(size_in, size_out, k, s)
                     except ValueError:
                         continue
                     assert F.conv_transpose2d(x, w, None, s, p, op).shape[-1] == size_out, (size_in, size_out, k, s)
@@ -139,7 +139,7 @@ def test_padding_solver_matches_torch():
                             continue
                         assert F.conv2d(x, w, None, s, p).shape[-1] == size_out, (size_in, size_out, k, s)
     assert checked > 50
-    assert transposed_padding(3, 7, 4, 2) == (1, 1) and conv_padding(7, 3, 4, 2) == 1
+    assert transposed_conv_padding(3, 7, 4, 2) == (1, 1) and conv_padding(7, 3, 4, 2) == 1
 
 
 @pytest.mark.parametrize(("role", "options", "field"), [

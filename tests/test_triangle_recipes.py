@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from conftest import run_cli
-from coopcore.build import resolve_experiment
 from coopcore.checkpoint import load_checkpoint
-from coopcore.config import load_experiment
+from coopcore.experiment import resolve
 from coopcore.plugin_manager import get_registries
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -22,25 +21,16 @@ NAMES = ["triangle-cifar", "triangle-celeba", "triangle-celeba-occluded", "trian
 @pytest.mark.parametrize("name", NAMES)
 def test_recipe_resolves(name):
     regs = get_registries()
-    cfg = load_experiment(RECIPES / f"{name}.toml")
-    if cfg.data.name not in regs.dataset:
-        pytest.skip(f"dataset '{cfg.data.name}' is not registered yet")
-    resolved = resolve_experiment(cfg, regs)
+    resolved = resolve(RECIPES / f"{name}.toml", registries=regs)
     assert resolved.objective.name == "triangle"
     assert {resolved.models[r].name.split(".")[1] for r in ("descriptor", "generator", "encoder")} == {
         "ebm", "generator", "encoder"}
-    for ev in resolved.eval:
-        ref = ev.options.get("test")
-        if ref is not None and ref["name"] not in regs.dataset:
-            pytest.skip(f"dataset '{ref['name']}' is not registered yet")
 
 
 def test_occluded_recipe_switches_mask_with_set():
     regs = get_registries()
-    cfg = load_experiment(RECIPES / "triangle-celeba-occluded.toml", ["objective.options.occlusion=\"P.5\""])
-    if cfg.data.name not in regs.dataset:
-        pytest.skip("dataset 'celeba' is not registered yet")
-    assert resolve_experiment(cfg, regs).objective.options["occlusion"] == "P.5"
+    resolved = resolve(RECIPES / "triangle-celeba-occluded.toml", ["objective.options.occlusion=\"P.5\""], registries=regs)
+    assert resolved.objective.options.occlusion == "P.5"
 
 
 TINY = [

@@ -1,6 +1,6 @@
 """Transposed convolutions that reach an exact output size, in any number of dimensions.
 
-`networks.transposed_padding` solves a symmetric PyTorch padding for the 2-D generators.  That
+`coopcore.transposed_conv_padding` solves a symmetric PyTorch padding for the 2-D generators.  That
 cannot express every layer of the papers: a stride-1 transposed convolution with an even kernel
 that keeps the length (the spatial-temporal generator's last layer, temporal kernel 2: 64 -> 64
 frames) needs one row cropped on one side only, and the authors' code crops asymmetrically in

@@ -12,13 +12,23 @@ defaults (see `plugin.py`); every setting stays overridable from a recipe.
 """
 from __future__ import annotations
 
-import math
 from typing import Literal, Optional
 
 import attrs
 from torch import Tensor, nn
 
-from coopcore import EnergyModelBase, GeneratorBase, all_positive, non_negative, optional_positive, positive
+from coopcore import (
+    EnergyModelBase,
+    GeneratorBase,
+    all_positive,
+    init_normal,
+    non_negative,
+    optional_positive,
+    positive,
+    same_padding,
+    transposed_conv_padding,
+    transposed_conv_stride,
+)
 
 
 def _activation(name: str, leak: float) -> nn.Module:
@@ -33,39 +43,22 @@ def _activation(name: str, leak: float) -> nn.Module:
     raise ValueError(f"unknown activation {name!r}")
 
 
-def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
-    """TensorFlow 'SAME' padding: output ceil(size / stride); returns (before, after, out)."""
-    out = math.ceil(size / stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2, out
-
-
-def transposed_padding(size_in: int, size_out: int, kernel: int) -> tuple[int, int, int]:
-    """(stride, padding, output_padding) of a ConvTranspose2d taking size_in to size_out."""
-    stride = 1 if size_in == 1 else max(1, math.ceil(size_out / size_in))
-    need = (size_in - 1) * stride + kernel - size_out  # = 2 p - op
-    if need < 0:
+def _generator_layer(size_in: int, size_out: int, kernel: int) -> tuple[int, int, int]:
+    """(stride, padding, output_padding) of a generator layer taking size_in to size_out: stride
+    `coopcore.transposed_conv_stride`, padding `coopcore.transposed_conv_padding`, and the kernel
+    must cover the output (no layer made of output padding alone)."""
+    stride = transposed_conv_stride(size_in, size_out)
+    if (size_in - 1) * stride + kernel < size_out:
         raise ValueError(f"kernel {kernel} is too small to go from {size_in} to {size_out}")
-    pad = math.ceil(need / 2)
-    out_pad = 2 * pad - need
-    if out_pad >= max(stride, 1) or (stride == 1 and out_pad != 0):
-        raise ValueError(f"cannot go from {size_in} to {size_out} with kernel {kernel} (stride {stride})")
+    try:
+        pad, out_pad = transposed_conv_padding(size_in, size_out, kernel, stride)
+    except ValueError:
+        raise ValueError(f"cannot go from {size_in} to {size_out} with kernel {kernel} (stride {stride})") from None
     return stride, pad, out_pad
 
 
-def _init_normal(module: nn.Module, std: Optional[float]) -> None:
-    if std is None:
-        return
-    if not std > 0:
-        raise ValueError(f"'init_std' must be > 0 or omitted, got {std}")
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Conv3d, nn.ConvTranspose3d)):
-            nn.init.normal_(m.weight, 0.0, std)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d, nn.BatchNorm3d)) and m.affine:
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+# `texture.py` imports the initialiser under its former plugin-local name.
+_init_normal = init_normal
 
 
 def _same_length(*named: tuple[str, tuple]) -> None:
@@ -79,12 +72,19 @@ def _same_length(*named: tuple[str, tuple]) -> None:
 class ConvDescriptorOptions:
     """A bottom-up ConvNet descriptor: conv layers, then FC outputs summed into f(Y)."""
 
+    # Shape [C, H, W] of one input image; must match the dataset's examples.
     input_shape: tuple[int, int, int] = attrs.field(default=(1, 28, 28), validator=all_positive)
+    # Output channels of each conv layer (one entry per layer).
     channels: tuple[int, ...] = attrs.field(default=(64, 128, 256), validator=all_positive)
+    # Kernel size of each conv layer ("same" padding, as in the authors' TensorFlow code).
     kernels: tuple[int, ...] = attrs.field(default=(4, 4, 4), validator=all_positive)
+    # Stride of each conv layer.
     strides: tuple[int, ...] = attrs.field(default=(2, 2, 2), validator=all_positive)
+    # Width of the final fully connected layer; its outputs are summed into the score f(Y).
     fc_outputs: int = attrs.field(default=100, validator=positive)
+    # Non-linearity after each conv layer.
     activation: Literal["leaky_relu", "relu", "elu", "swish"] = "leaky_relu"
+    # Negative slope of leaky_relu (ignored by the other activations).
     leak: float = attrs.field(default=0.2, validator=non_negative)
     # Weights ~ N(0, init_std): code 0.01, paper 0.001; None keeps PyTorch's default init.
     init_std: Optional[float] = 0.01
@@ -113,7 +113,7 @@ class ConvDescriptor(EnergyModelBase):
             c = ch
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(c * h * w, options.fc_outputs)
-        _init_normal(self, options.init_std)
+        init_normal(self, options.init_std)
 
     def score(self, x: Tensor) -> Tensor:
         return self.fc(self.features(x).flatten(1)).sum(1)
@@ -124,18 +124,25 @@ class ConvDescriptor(EnergyModelBase):
 class ConvGeneratorOptions:
     """A top-down ConvNet generator g(X; alpha): [FC] -> transposed convs -> tanh."""
 
+    # Dimension of the latent vector X ~ N(0, I).
     latent_dim: int = attrs.field(default=100, validator=positive)
+    # Channels of the generated image (1 grey, 3 colour).
     out_channels: int = attrs.field(default=1, validator=positive)
     # Spatial size after each transposed-conv layer; the last is the image size.
     sizes: tuple[int, ...] = attrs.field(default=(4, 7, 14, 28), validator=all_positive)
     # Output channels of every layer except the last (which has out_channels).
     channels: tuple[int, ...] = attrs.field(default=(512, 256, 128), validator=all_positive)
+    # Kernel size of each transposed-conv layer (one entry per entry of sizes).
     kernels: tuple[int, ...] = attrs.field(default=(4, 4, 4, 4), validator=all_positive)
     # > 0 puts a fully connected layer of this width under z (TPAMI 4.5 LSUN/CIFAR).
     fc_units: int = attrs.field(default=0, validator=non_negative)
+    # Non-linearity after each hidden layer.
     activation: Literal["leaky_relu", "relu", "elu", "swish"] = "leaky_relu"
+    # Negative slope of leaky_relu (ignored by the other activations).
     leak: float = attrs.field(default=0.2, validator=non_negative)
+    # Batch normalisation after each hidden transposed conv.
     batch_norm: bool = True
+    # Output non-linearity: tanh (images in [-1, 1]) or none (linear output).
     output: Literal["tanh", "none"] = "tanh"
     # Weights ~ N(0, init_std) (code 0.005); None keeps PyTorch's default init.
     init_std: Optional[float] = 0.005
@@ -150,7 +157,7 @@ class ConvGeneratorOptions:
             )
         size = 1
         for s, k in zip(self.sizes, self.kernels):
-            transposed_padding(size, s, k)
+            _generator_layer(size, s, k)
             size = s
 
 
@@ -171,7 +178,7 @@ class ConvGenerator(GeneratorBase):
         size = 1
         outs = (*options.channels, options.out_channels)
         for i, (s, k, ch) in enumerate(zip(options.sizes, options.kernels, outs)):
-            stride, pad, out_pad = transposed_padding(size, s, k)
+            stride, pad, out_pad = _generator_layer(size, s, k)
             layers.append(nn.ConvTranspose2d(c, ch, k, stride, pad, out_pad))
             if i < len(outs) - 1:
                 if options.batch_norm:
@@ -182,7 +189,7 @@ class ConvGenerator(GeneratorBase):
         if options.output == "tanh":
             layers.append(nn.Tanh())
         self.net = nn.Sequential(*layers)
-        _init_normal(self, options.init_std)
+        init_normal(self, options.init_std)
 
     def forward(self, z: Tensor) -> Tensor:
         h = self.fc(z.flatten(1))

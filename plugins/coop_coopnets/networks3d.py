@@ -43,10 +43,19 @@ import attrs
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from coopcore import EnergyModelBase, GeneratorBase, all_positive, non_negative, optional_positive, positive
+from coopcore import (
+    EnergyModelBase,
+    GeneratorBase,
+    all_positive,
+    init_normal,
+    non_negative,
+    optional_positive,
+    positive,
+    same_padding,
+)
 
 from .layers import CroppedConvTranspose, SpatiallyFullConv3d, transposed_crop
-from .networks import _activation, _init_normal, same_padding
+from .networks import _activation
 
 Activation = Literal["relu", "leaky_relu", "elu", "swish"]
 
@@ -142,7 +151,7 @@ class SpatialTemporalDescriptor(EnergyModelBase):
         self.conv2 = SpatiallyFullConv3d(c1, c2, k2, s2, p2, (h_1, w_1))
         self.conv3 = nn.Conv3d(c2, c3, (k3, 1, 1), (s3, 1, 1), (p3, 0, 0))
         self.act = _activation(options.activation, options.leak)
-        _init_normal(self, options.init_std)
+        init_normal(self, options.init_std)
 
     def layer_outputs(self, x: Tensor) -> list[Tensor]:
         """The outputs of layers 1-3 (after their non-linearities) for a batch of clips."""
@@ -263,7 +272,7 @@ class SpatialTemporalGenerator(GeneratorBase):
         if o.output == "tanh":
             layers.append(nn.Tanh())
         self.net = nn.Sequential(*layers)
-        _init_normal(self, o.init_std)
+        init_normal(self, o.init_std)
 
     def layer_outputs(self, z: Tensor) -> list[Tensor]:
         """The output of each transposed-convolution layer (before BN/activation) and the result."""

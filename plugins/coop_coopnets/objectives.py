@@ -10,9 +10,10 @@
   persistent latent vector per training example.
 
 Losses follow the authors' code: descriptor mean f(syn) - mean f(obs) (minimised, the
-negative of eq. 8's ascent direction); generator sum over pixels of the batch mean of
-(Y~ - g(X))^2 / (2 sigma^2) (eq. 16 as a loss), or, with `generator_loss = "mean"`, the mean
-over all elements as the spatial-temporal code has it (Table 6).
+negative of eq. 8's ascent direction; `coopcore.contrastive_update`); generator sum over
+pixels of the batch mean of (Y~ - g(X))^2 / (2 sigma^2) (eq. 16 as a loss), or, with
+`generator_loss = "mean"`, the mean over all elements as the spatial-temporal code has it
+(Table 6).
 """
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ import attrs
 import torch
 from torch import Tensor
 
-from coopcore import Batch, Parts, StepResult, generator_log_joint, non_negative, positive
+from coopcore import (
+    Batch, Parts, StepResult, contrastive_update, generator_log_joint, grad_norm, non_negative, positive,
+)
 
 
 def _reconstruction_loss(y: Tensor, recon: Tensor, sigma: float, reduction: str = "sum") -> Tensor:
@@ -31,24 +34,6 @@ def _reconstruction_loss(y: Tensor, recon: Tensor, sigma: float, reduction: str 
     if reduction == "mean":
         return (y - recon).pow(2).mean() / (2.0 * sigma**2)
     return (y - recon).pow(2).sum() / (y.shape[0] * 2.0 * sigma**2)
-
-
-def _descriptor_update(descriptor, optimizer, y_obs: Tensor, y_syn: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Step D2 (density shifting): minimise mean f(syn) - mean f(obs)."""
-    f_obs = descriptor.score(y_obs)
-    f_syn = descriptor.score(y_syn)
-    loss = f_syn.mean() - f_obs.mean()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach(), f_obs.detach(), f_syn.detach()
-
-
-def _grad_norm(module: torch.nn.Module) -> Tensor:
-    grads = [p.grad.detach().flatten() for p in module.parameters() if p.grad is not None]
-    if not grads:
-        return torch.zeros((), device=next(module.parameters()).device)
-    return torch.cat(grads).norm()
 
 
 def _energy(descriptor, y: Tensor, f: Tensor) -> Tensor:
@@ -127,8 +112,8 @@ class CoopNets:
         if self.inference is not None and self.inference.n_steps > 0:  # G1, right diagram of eq. 17
             log_q = generator_log_joint(self.generator, y_syn, self.generator.sigma)
             z = self.inference.run(log_q, z, generator).samples
-        loss_d, f_obs, f_syn = _descriptor_update(self.descriptor, self.opt_d, batch.x, y_syn)  # D2
-        grad_d = _grad_norm(self.descriptor)
+        loss_d, f_obs, f_syn = contrastive_update(self.descriptor, self.opt_d, batch.x, y_syn)  # D2
+        grad_d = grad_norm(self.descriptor)
         recon_before = None
         for _ in range(o.generator_steps):  # G2
             recon = self.generator(z)
@@ -147,7 +132,7 @@ class CoopNets:
             "energy_syn": _energy(self.descriptor, y_syn, f_syn).mean(),
             "recon_mse": recon_before,
             "grad_norm_descriptor": grad_d,
-            "grad_norm_generator": _grad_norm(self.generator),
+            "grad_norm_generator": grad_norm(self.generator),
         }
         if revised.grad_norms.numel():
             scalars["langevin_grad_norm"] = revised.grad_norms[-1]
@@ -215,14 +200,14 @@ class AlgorithmD:
         start = self.chains
         out = self.revision.run(self._log_p, start, generator)  # D1
         self.chains = out.samples.detach()
-        loss_d, f_obs, f_syn = _descriptor_update(self.descriptor, self.opt_d, batch.x, self.chains)  # D2
+        loss_d, f_obs, f_syn = contrastive_update(self.descriptor, self.opt_d, batch.x, self.chains)  # D2
         scalars = {
             "loss_descriptor": loss_d,
             "score_obs": f_obs.mean(),
             "score_syn": f_syn.mean(),
             "energy_obs": _energy(self.descriptor, batch.x, f_obs).mean(),
             "energy_syn": _energy(self.descriptor, self.chains, f_syn).mean(),
-            "grad_norm_descriptor": _grad_norm(self.descriptor),
+            "grad_norm_descriptor": grad_norm(self.descriptor),
         }
         if out.grad_norms.numel():
             scalars["langevin_grad_norm"] = out.grad_norms[-1]
@@ -293,7 +278,7 @@ class AlgorithmG:
             "loss_generator": loss.detach(),
             "recon_mse": (batch.x - recon.detach()).pow(2).mean(),
             "latent_norm": z.flatten(1).norm(dim=1).mean(),
-            "grad_norm_generator": _grad_norm(g),
+            "grad_norm_generator": grad_norm(g),
         }
         if out.grad_norms.numel():
             scalars["langevin_grad_norm"] = out.grad_norms[-1]

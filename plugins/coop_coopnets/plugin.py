@@ -4,7 +4,8 @@ objectives and the table specs under paper_repro/."""
 from __future__ import annotations
 
 from coopcore import hookimpl, preset_options
-from coopcore.repro import load_table_spec, packaged_file
+from coopcore.config import packaged_file
+from coopcore.repro import load_table_spec
 
 from .networks import ConvDescriptor, ConvDescriptorOptions, ConvGenerator, ConvGeneratorOptions
 from .networks3d import (

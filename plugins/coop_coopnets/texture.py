@@ -76,16 +76,6 @@ def texture_descriptor_sizes(o: TextureDescriptorOptions) -> list[int]:
     return sizes
 
 
-def receptive_fields(kernels: tuple[int, ...], strides: tuple[int, ...]) -> list[tuple[int, int]]:
-    """(receptive field, jump between neighbouring units) in input pixels after each layer."""
-    field, jump, out = 1, 1, []
-    for k, s in zip(kernels, strides):
-        field += (k - 1) * jump
-        jump *= s
-        out.append((field, jump))
-    return out
-
-
 class TextureDescriptor(EnergyModelBase):
     """Descriptor f(Y; theta) of TPAMI 4.1: stacked convolutions, f = sum of top responses."""
 

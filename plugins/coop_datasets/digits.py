@@ -21,15 +21,22 @@ N_TEST = 297  # the last 297 images; the first 1,500 are the training split
 
 @attrs.frozen(kw_only=True)
 class DigitsOptions:
-    """scikit-learn digits, resized."""
+    """scikit-learn digits, resized.
 
-    size: int = attrs.field(default=28, validator=positive)
-    split: Literal["train", "test", "validation", "all"] = "train"
-    # Keep only the first `limit` images of the split (0 = all).
-    limit: int = attrs.field(default=0, validator=non_negative)
-    # Validation = the first 300 training images (they overlap training, as MNIST's
-    # validation set does in the Parzen protocol of TPAMI Table 2).
-    validation_size: int = attrs.field(default=300, validator=positive)
+    Yields 1-channel images of shape ``[1, size, size]`` with values in [-1, 1] (x * 2 - 1 of
+    the [0, 1]-scaled digit), with the class labels 0-9; embedded, so `root` is ignored.
+    """
+
+    size: int = attrs.field(default=28, validator=positive, metadata={
+        "doc": "Side length in pixels the 8x8 digits are resized to (bilinear); 28 = the MNIST geometry."})
+    split: Literal["train", "test", "validation", "all"] = attrs.field(default="train", metadata={
+        "doc": "train = the first 1,500 images, test = the last 297, validation = the first "
+               "`validation_size` training images, all = all 1,797."})
+    limit: int = attrs.field(default=0, validator=non_negative, metadata={
+        "doc": "Keep only the first `limit` images of the split (0 = all)."})
+    validation_size: int = attrs.field(default=300, validator=positive, metadata={
+        "doc": "Size of the validation split: the first images of the training split (they overlap "
+               "training, as MNIST's validation set does in the Parzen protocol of TPAMI Table 2)."})
 
 
 def load_digits_tensor(size: int) -> tuple[torch.Tensor, torch.Tensor]:

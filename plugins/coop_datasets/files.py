@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from coopcore import UsageError
 
@@ -76,10 +76,3 @@ def resolve_user_path(root: Optional[Path], path: str) -> Path:
     if p.is_absolute():
         return p
     return (Path(root) / p) if root is not None else p
-
-
-def first_existing(candidates: Sequence[Path]) -> Optional[Path]:
-    for c in candidates:
-        if c.exists():
-            return c
-    return None

@@ -43,7 +43,7 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from coopcore import Batch, Parts, Sampler, StepResult, non_negative, positive
+from coopcore import Batch, Parts, Sampler, StepResult, contrastive_update, langevin_dynamics, non_negative, positive
 
 from .objective import TINY_IMAGE_EXAMPLE, Adversarial, EmaOptions, EmaTracker, GanOptions, frozen_parameters
 
@@ -52,23 +52,12 @@ def langevin_revision(score: Callable[[Tensor], Tensor], init: Tensor, eta: floa
                       noise_std: float, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
     """CoopInit eq. 4, `n_steps` times: x <- x + eta grad_x D(x) + noise_std * N(0, I).
 
-    Gradients are taken w.r.t. x only.  Returns (samples, mean score per step [T],
-    mean gradient norm per step [T]); the diagnostics stay on the device.
+    A configuration of `coopcore.langevin_dynamics` (drift eta, noise std `noise_std`); gradients
+    are taken w.r.t. x only.  Returns (samples, mean score per step [T], mean gradient norm per
+    step [T]); the diagnostics stay on the device.
     """
-    x = init.detach().clone()
-    scores, norms = [], []
-    for _ in range(n_steps):
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            s = score(xg)
-            (grad,) = torch.autograd.grad(s.sum(), xg)
-        scores.append(s.detach().mean())
-        norms.append(grad.flatten(1).norm(dim=1).mean())
-        x = x + eta * grad
-        if noise_std > 0:
-            x = x + noise_std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    empty = torch.zeros(0, device=x.device)
-    return (x.detach(), torch.stack(scores) if scores else empty, torch.stack(norms) if norms else empty)
+    out = langevin_dynamics(score, init, generator, n_steps=n_steps, drift=eta, noise_std=noise_std)
+    return out.samples, -out.energies, out.grad_norms
 
 
 def _eta() -> Any:
@@ -125,20 +114,14 @@ class CoopStage:
             z = self.generator.sample_latent(n, generator)
             x_init = self.generator(z)
         x_syn, scores, norms = self.revise(x_init, generator)  # D1
-        d_real = self.descriptor.score(x_obs)  # D2
-        d_syn = self.descriptor.score(x_syn)
-        loss_d = d_syn.mean() - d_real.mean()
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.opt_d.step()
+        loss_d, d_real, d_syn = contrastive_update(self.descriptor, self.opt_d, x_obs, x_syn)  # D2
         recon = self.generator(z)  # G2
         loss_g = (x_syn - recon).flatten(1).pow(2).sum(1).mean()
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
-        d_real, d_syn = d_real.detach(), d_syn.detach()
         scalars = {
-            "loss_d": loss_d.detach(),
+            "loss_d": loss_d,
             "loss_g": loss_g.detach(),
             "d_real": d_real.mean(),
             "d_fake": d_syn.mean(),

@@ -24,7 +24,7 @@ from typing import Literal
 import attrs
 from torch import Tensor, nn
 
-from coopcore import EnergyModelBase, GeneratorBase, all_positive, positive
+from coopcore import EnergyModelBase, GeneratorBase, all_positive, init_normal, positive
 
 
 def _check_square(shape: tuple[int, ...], n_layers: int, field: str) -> int:
@@ -34,18 +34,6 @@ def _check_square(shape: tuple[int, ...], n_layers: int, field: str) -> int:
     if side % (2**n_layers) != 0 or side // (2**n_layers) < 1:
         raise ValueError(f"'{field}' side {side} must be divisible by 2^{n_layers} (one halving per channel entry)")
     return side // (2**n_layers)
-
-
-def init_normal(module: nn.Module, std: float) -> None:
-    """Conv/linear weights N(0, std), biases 0; BN gamma N(1, std), beta 0 (DCGAN)."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            nn.init.normal_(m.weight, 0.0, std)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.normal_(m.weight, 1.0, std)
-            nn.init.zeros_(m.bias)
 
 
 @attrs.frozen(kw_only=True)
@@ -85,7 +73,7 @@ class DCGANGenerator(GeneratorBase):
             layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=not options.batch_norm), norm(b), nn.ReLU()]
         layers += [nn.ConvTranspose2d(chans[-1], options.output_shape[0], 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
-        init_normal(self, options.init_std)
+        init_normal(self, options.init_std, norm_std=options.init_std)  # BN gamma N(1, std) (DCGAN)
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z.view(z.shape[0], -1, 1, 1))
@@ -125,7 +113,7 @@ class DCGANDiscriminator(EnergyModelBase):
             c = ch
         convs.append(nn.Conv2d(c, 1, end, 1, 0))
         self.net = nn.Sequential(*convs)
-        init_normal(self, options.init_std)
+        init_normal(self, options.init_std, norm_std=options.init_std)  # BN gamma N(1, std) (DCGAN)
         if options.norm == "spectral":
             for m in self.net:
                 if isinstance(m, nn.Conv2d):

@@ -38,6 +38,7 @@ LOSSES = ("ns", "hinge", "wgan", "wgan_gp")
 
 
 def _optional_non_negative(instance: Any, attribute: attrs.Attribute, value: Optional[float]) -> None:
+    """Validator: >= 0 or none."""
     if value is not None and not value >= 0:
         raise ValueError(f"'{attribute.name}' must be >= 0 or \"none\", got {value!r}")
 

@@ -103,10 +103,6 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2))
 
 
-def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
-    return frechet_distance(*feature_statistics(f1), *feature_statistics(f2))
-
-
 def polynomial_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """k(x, y) = (x.y / d + 1)^3, the KID kernel."""
     return (x @ y.T / x.shape[1] + 1.0) ** 3

@@ -35,11 +35,10 @@ import attrs
 import torch
 from torch import Tensor
 
-from coopcore import Batch, ConfigError, Parts, StepResult, in_range, non_negative
+from coopcore import Batch, ConfigError, Parts, StepResult, contrastive_update, grad_norm, in_range, non_negative
 from coopcore.masks import mask_name_validator as mask_name
 
 from .grids import observed_block_means, upscale_to
-from .learning import cd_update, grad_norm
 from .masking import check_train_mask, observation_mask, observed_mean_fill
 from .start import StartMode, StartPool
 
@@ -71,9 +70,7 @@ class _FinestGridCD:
         self.shape = tuple(parts.data_shape)
         if len(self.shape) != 3:
             raise ConfigError("data", f"this objective needs [C, H, W] images, got shape {list(self.shape)}")
-        if tuple(self.model.input_shape) != self.shape:
-            raise ConfigError("models.descriptor", f"the data are {list(self.shape)} images, "
-                              f"the descriptor takes {list(self.model.input_shape)}")
+        # The descriptor's input shape against the data's is checked by the core before building.
         check_train_mask(options.train_mask, self.shape, "objective.options.train_mask")
 
     # -- what differs between the baselines ----------------------------------------------
@@ -102,7 +99,7 @@ class _FinestGridCD:
         out = self.sampler.run(self._log_p, init, generator, mask=mask)
         synthesised = out.samples.detach()
         self._keep(batch, synthesised)
-        loss, f_obs, f_syn = cd_update(self.model, self.optimizer, x, synthesised)
+        loss, f_obs, f_syn = contrastive_update(self.model, self.optimizer, x, synthesised)
         scalars = {
             "loss_descriptor": loss,
             "score_obs": f_obs.mean(),
@@ -198,8 +195,6 @@ class PersistentCD(_FinestGridCD):
     def _init(self, batch: Batch, generator: torch.Generator) -> Tensor:
         x = batch.x
         if self.options.chains == "fixed":
-            if batch.mask is not None:
-                raise ConfigError("objective.options.chains", "masked batches need chains = \"per_example\"")
             if self.chains is None:
                 n = self.options.n_chains or x.shape[0]
                 reps = -(-n // x.shape[0])
@@ -278,8 +273,6 @@ class SingleGridCD(_FinestGridCD):
     def _init(self, batch: Batch, generator: torch.Generator) -> Tensor:
         o = self.options
         n = o.n_chains or batch.x.shape[0]
-        if batch.mask is not None and o.start != "own" and n != batch.x.shape[0]:
-            raise ConfigError("objective.options.n_chains", "masked batches need one chain per observed image")
         start = self.starts.start(batch.x, batch.index, n, generator, o.start)
         return upscale_to(start, self.shape[-1])
 

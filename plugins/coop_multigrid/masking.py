@@ -7,8 +7,8 @@ is randomly selected for each training image."
 
 The trainer puts no masks into batches, so an objective with `train_mask` (a name understood
 by `coopcore.masks`, e.g. "M32") draws one mask per image per iteration from the explicit
-generator.  Conventions: an observation mask is 1 = observed, 0 = missing (`Batch.mask`,
-`coopcore.masks`); a sampler mask is 1 = may change, 0 = keep.
+generator.  Conventions: an observation mask is 1 = observed, 0 = missing
+(`coopcore.masks`); a sampler mask is 1 = may change, 0 = keep.
 
 Coarse grids.  At grid size s a coarse pixel summarises a d x d block of the image.  A block
 that is entirely observed is kept at its block mean (which is then exact, see
@@ -50,18 +50,11 @@ def check_train_mask(name: Optional[str], shape: Sequence[int], path: str) -> No
 def observation_mask(batch: Batch, train_mask: Optional[str], generator: torch.Generator) -> Optional[Tensor]:
     """[B, 1, H, W] (1 = observed) for this iteration, or None when nothing is masked.
 
-    A `train_mask` is drawn per image from `generator`; a mask carried by the batch is combined
-    with it (a pixel counts as observed only where both say so)."""
+    The `train_mask` is drawn per image from `generator`."""
+    if train_mask is None:
+        return None
     x = batch.x
-    mask = None
-    if train_mask is not None:
-        mask = mask_from_name(train_mask, x.shape[0], tuple(x.shape[1:]), generator).to(x.device, x.dtype)
-    if batch.mask is not None:
-        given = batch.mask.to(x.device, x.dtype)
-        if given.dim() == 4 and given.shape[1] != 1:
-            given = given.amin(dim=1, keepdim=True)  # a pixel is observed when all its channels are
-        mask = given if mask is None else mask * given
-    return mask
+    return mask_from_name(train_mask, x.shape[0], tuple(x.shape[1:]), generator).to(x.device, x.dtype)
 
 
 def grid_masks(
@@ -78,11 +71,6 @@ def grid_masks(
         masks.append((~keep).to(x.dtype))
         values.append(means)
     return masks, values
-
-
-def keep_observed(y: Tensor, values: Tensor, sampler_mask: Tensor) -> Tensor:
-    """y with the kept entries (sampler mask 0) replaced by the observed values."""
-    return torch.where(sampler_mask > 0, y, values.to(y.dtype))
 
 
 def observed_mean_fill(y: Tensor, observed: Tensor) -> Tensor:

@@ -17,14 +17,13 @@ Convolutions use TensorFlow 'SAME' padding (output ceil(size / stride)), as the 
 """
 from __future__ import annotations
 
-import math
 from typing import Literal, Optional
 
 import attrs
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from coopcore import EnergyModelBase, in_range, non_negative
+from coopcore import EnergyModelBase, in_range, non_negative, same_padding
 
 # variant -> grid -> (channels, kernels, strides)
 ARCHITECTURES: dict[str, dict[int, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]] = {
@@ -42,6 +41,7 @@ ARCHITECTURES: dict[str, dict[int, tuple[tuple[int, ...], tuple[int, ...], tuple
 
 
 def _optional_ints(instance, attribute, value) -> None:
+    """Validator: none, or a non-empty list of positive integers."""
     if value is not None and (len(value) == 0 or any(v <= 0 for v in value)):
         raise ValueError(f"'{attribute.name}' must be a non-empty list of positive integers, got {value!r}")
 
@@ -95,9 +95,8 @@ class _SameConv(nn.Module):
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, size: int, bias: bool = True) -> None:
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel, stride, bias=bias)
-        out = math.ceil(size / stride)
-        total = max((out - 1) * stride + kernel - size, 0)
-        self.pad = (total // 2, total - total // 2, total // 2, total - total // 2)
+        before, after, out = same_padding(size, kernel, stride)
+        self.pad = (before, after, before, after)
         self.out_size = out
 
     def forward(self, x: Tensor) -> Tensor:

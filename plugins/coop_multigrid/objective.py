@@ -34,12 +34,12 @@ import torch
 from torch import Tensor
 
 from coopcore import (
-    Batch, ConfigError, LogDensity, Parts, SamplerOutput, StepResult, all_positive, in_range, non_negative,
+    Batch, ConfigError, LogDensity, Parts, SamplerOutput, StepResult, all_positive, contrastive_update, grad_norm,
+    in_range, non_negative,
 )
 from coopcore.masks import mask_name_validator as mask_name
 
 from .grids import check_sizes, downscale_to, grid_sizes, observed_block_means
-from .learning import cd_update, grad_norm
 from .masking import check_train_mask, fraction_in_unit_interval, grid_masks, observation_mask
 from .sampler import multigrid_chain
 from .start import StartMode, StartPool
@@ -103,6 +103,20 @@ class Multigrid:
         "options": {"n_grids": 2, "factor": 4},
     }
 
+    @staticmethod
+    def model_shapes(options: MultigridOptions, data_shape: tuple[int, ...]) -> dict[str, Optional[tuple[int, ...]]]:
+        """Grid k's descriptor takes the images down-scaled to that grid's size (the core checks
+        this before training; sizes it cannot compute are reported when the objective is built)."""
+        roles = [f"grid{k}" for k in range(1, options.n_grids + 1)]
+        try:
+            sizes = (check_sizes(options.sizes, data_shape[1]) if options.sizes is not None
+                     else grid_sizes(data_shape[1], options.factor, options.n_grids))
+        except (ValueError, IndexError):
+            return dict.fromkeys(roles)
+        if len(data_shape) != 3:
+            return dict.fromkeys(roles)
+        return {role: (data_shape[0], size, size) for role, size in zip(roles, sizes[1:])}
+
     def __init__(self, options: MultigridOptions, parts: Parts) -> None:
         self.options = options
         self.roles = [f"grid{k}" for k in range(1, options.n_grids + 1)]
@@ -127,11 +141,6 @@ class Multigrid:
             key = "sizes" if options.sizes is not None else "factor"
             raise ConfigError(f"objective.options.{key}", str(err)) from None
         self.factors = [b // a for a, b in zip(self.sizes, self.sizes[1:])]
-        for role, model, size in zip(self.roles, self.models, self.sizes[1:]):
-            want = (shape[0], size, size)
-            if tuple(model.input_shape) != want:
-                raise ConfigError(f"models.{role}", f"grid '{role}' works on {list(want)} images, "
-                                  f"the model takes {list(model.input_shape)}")
         check_train_mask(options.train_mask, shape, "objective.options.train_mask")
         self.channels = shape[0]
         self.starts = StartPool(parts.n_train, shape[0], self.sizes[0], parts.device)
@@ -159,7 +168,7 @@ class Multigrid:
         histograms: dict[str, Tensor] = {}
         total = torch.zeros((), device=x.device)
         for role, model, opt, size, out in zip(self.roles, self.models, self.optimizers, self.sizes[1:], outs):
-            loss, f_obs, f_syn = cd_update(model, opt, downscale_to(x, size), out.samples)
+            loss, f_obs, f_syn = contrastive_update(model, opt, downscale_to(x, size), out.samples)
             total = total + loss
             scalars[f"loss_{role}"] = loss
             scalars[f"score_obs_{role}"] = f_obs.mean()

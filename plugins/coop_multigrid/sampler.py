@@ -23,7 +23,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from coopcore import LogDensity, Sampler, SamplerOutput, non_negative, positive
+from coopcore import LogDensity, Sampler, SamplerOutput, langevin_dynamics, non_negative, positive
 
 from .grids import upscale
 
@@ -61,32 +61,17 @@ class MultigridLangevin:
         generator: torch.Generator,
         mask: Optional[Tensor] = None,
     ) -> SamplerOutput:
+        """l steps of `coopcore.langevin_dynamics` with drift d^2 / 2 and noise std d (0 without noise)."""
         o = self.options
-        x = init.detach().clone()
-        keep = None if mask is None else (mask.to(device=x.device) <= 0).expand_as(x)
-        kept = None if keep is None else x.clone()
-        h = 0.5 * o.step_size**2
-        energies, norms = [], []
-        for _ in range(o.n_steps):
-            with torch.enable_grad():
-                xg = x.detach().requires_grad_(True)
-                lp = log_density(xg)
-                (grad,) = torch.autograd.grad(lp.sum(), xg)
-            energies.append(-lp.detach().mean())
-            norms.append(grad.flatten(1).norm(dim=1).mean())
-            x = x + h * grad
-            if o.noise:
-                x = x + o.step_size * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            if o.clip is not None:
-                x = x.clamp(o.clip[0], o.clip[1])
-            if keep is not None:  # after clipping: observed entries keep their exact value
-                x = torch.where(keep, kept, x)
-            x = x.detach()
-        zero = torch.zeros(0, device=x.device)
-        return SamplerOutput(
-            samples=x,
-            energies=torch.stack(energies) if energies else zero,
-            grad_norms=torch.stack(norms) if norms else zero,
+        # Only the sign of the mask matters here (entries <= 0 are kept); the kernel's 0/1 weight
+        # multiplies the moving entries by exactly 1.
+        moves = None if mask is None else ~(mask.to(device=init.device) <= 0)
+        return langevin_dynamics(
+            log_density, init, generator,
+            n_steps=o.n_steps,
+            drift=0.5 * o.step_size**2,
+            noise_std=o.step_size if o.noise else 0.0,
+            mask=moves, clip=o.clip,
         )
 
 

@@ -53,44 +53,19 @@ from typing import Literal
 import attrs
 from torch import Tensor, nn
 
-from coopcore import EnergyModelBase, GeneratorBase, all_positive, non_negative, positive
+from coopcore import (
+    EnergyModelBase,
+    GeneratorBase,
+    all_positive,
+    conv_padding,
+    init_normal,
+    non_negative,
+    positive,
+    transposed_conv_padding,
+)
 
 
 # ---------------------------------------------------------------------------------------
-# geometry
-def conv_padding(size_in: int, size_out: int, kernel: int, stride: int) -> int:
-    """The smallest padding p with floor((size_in + 2p - kernel) / stride) + 1 == size_out."""
-    for p in range(kernel):
-        if (size_in + 2 * p - kernel) >= 0 and (size_in + 2 * p - kernel) // stride + 1 == size_out:
-            return p
-    raise ValueError(f"no padding takes a {kernel}x{kernel} stride-{stride} conv from {size_in} to {size_out}")
-
-
-def transposed_padding(size_in: int, size_out: int, kernel: int, stride: int) -> tuple[int, int]:
-    """(padding, output_padding) of a ConvTranspose2d taking size_in to size_out:
-    size_out = (size_in - 1) stride - 2 padding + kernel + output_padding."""
-    need = (size_in - 1) * stride + kernel - size_out  # = 2 p - op
-    pad = max(0, math.ceil(need / 2))
-    out_pad = 2 * pad - need
-    if not 0 <= out_pad < stride:
-        raise ValueError(
-            f"no padding takes a {kernel}x{kernel} stride-{stride} transposed conv from {size_in} to {size_out}"
-        )
-    return pad, out_pad
-
-
-def init_triangle(module: nn.Module, std: float) -> None:
-    """Weights N(0, std), biases 0; BatchNorm gamma N(1, std), beta 0 (paper Section 4, code)."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            nn.init.normal_(m.weight, 0.0, std)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d) and m.affine:
-            nn.init.normal_(m.weight, 1.0, std)
-            nn.init.zeros_(m.bias)
-
-
 def _bn(channels: int) -> nn.Module:
     return nn.BatchNorm2d(channels, track_running_stats=False)
 
@@ -135,7 +110,7 @@ class TriangleGeneratorOptions:
         size = 1
         for s, k, st in zip(self.sizes, self.kernels, self.strides):
             try:
-                transposed_padding(size, s, k, st)
+                transposed_conv_padding(size, s, k, st)
             except ValueError as exc:
                 raise ValueError(f"'sizes': {exc}") from None
             size = s
@@ -152,7 +127,7 @@ class TriangleGenerator(GeneratorBase):
         c_in, size = o.latent_dim, 1
         outs = (*o.channels, o.out_channels)
         for i, (c, s, k, st) in enumerate(zip(outs, o.sizes, o.kernels, o.strides)):
-            pad, out_pad = transposed_padding(size, s, k, st)
+            pad, out_pad = transposed_conv_padding(size, s, k, st)
             last = i == len(outs) - 1
             layers.append(nn.ConvTranspose2d(c_in, c, k, st, pad, output_padding=out_pad, bias=o.bias or last))
             if not last:
@@ -165,7 +140,7 @@ class TriangleGenerator(GeneratorBase):
                 layers.append(nn.ReLU())
             c_in, size = c, s
         self.net = nn.Sequential(*layers)
-        init_triangle(self, o.init_std)
+        init_normal(self, o.init_std, norm_std=o.init_std)
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z.reshape(z.shape[0], -1, 1, 1))
@@ -253,7 +228,7 @@ class TriangleEncoder(nn.Module):
         self.features, c, size = _bottom_up(o)
         self.mu = _head(c, o.latent_dim, size, o)
         self.logvar = _head(c, o.latent_dim, size, o)
-        init_triangle(self, o.init_std)
+        init_normal(self, o.init_std, norm_std=o.init_std)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = self.features(x)
@@ -274,7 +249,7 @@ class TriangleEBM(EnergyModelBase):
         self.options = o
         self.features, c, size = _bottom_up(o)
         self.head = _head(c, 1, size, o)
-        init_triangle(self, o.init_std)
+        init_normal(self, o.init_std, norm_std=o.init_std)
 
     def network_energy(self, x: Tensor) -> Tensor:
         """The network output, E(x) in the public code, one value per example."""

@@ -1,0 +1,151 @@
+"""The one path from a resolved experiment to a run: train it (fresh or resumed) or reopen it.
+
+`train` is what `coop train` and `coop repro` call; `open_run` is what `coop sample` and
+`coop eval` call.  With ``resume=True`` training is idempotent, so a job scheduler can repeat
+the same command after every preemption: a directory that does not exist yet (or holds no
+checkpoint yet) starts fresh, a started run continues from its last good checkpoint, and a
+complete run returns at once.
+"""
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .build import Experiment, MetricFailure, build_experiment, pick_device
+from .errors import CheckpointError, CoopError, RunFailure, UsageError
+from .experiment import ResolvedExperiment, resolve_data
+from .rng import seed_everything
+from .rundir import DatasetInfo, RunDir, restore_payload
+from .trainer import Trainer, TrainSummary
+
+Echo = Callable[[str], None]
+
+
+def default_run_dir(name: str, resume: bool) -> Path:
+    """``runs/<name>``; for a new run the first of ``runs/<name>``, ``runs/<name>-1``, ... that is free."""
+    base = Path("runs") / name
+    if resume:
+        return base
+    out, k = base, 1
+    while out.exists() and any(out.iterdir()):
+        out = base.with_name(f"{base.name}-{k}")
+        k += 1
+    return out
+
+
+def _completed(run: RunDir) -> TrainSummary:
+    done = run.summary() or {}
+    return TrainSummary(
+        run_dir=run.path, iterations=int(done.get("iterations", 0)), images_seen=int(done.get("images_seen", 0)),
+        last_scalars=dict(done.get("last_scalars", {})), evaluations=list(done.get("evaluations", [])),
+        checkpoint=run.checkpoints.latest(), seconds=0.0, already_complete=True,
+    )
+
+
+def train(resolved: ResolvedExperiment, out: Optional[Path] = None, *, resume: bool = False,
+          data_root: Optional[str] = None, progress: Optional[bool] = None, echo: Echo = print,
+          registries: Any = None) -> TrainSummary:
+    """Train `resolved` into run directory `out` (see the module docstring for `resume`)."""
+    out = Path(out) if out is not None else default_run_dir(resolved.run.name, resume)
+    run = RunDir(out, resolved.run.keep_checkpoints)
+    if run.is_run():
+        if not resume:
+            raise UsageError(f"run directory {out} already exists and is not empty; refusing to overwrite it. "
+                             "Pass --resume to continue that run, or choose another --out.")
+        run.check_resumable(resolved)
+        if run.is_complete(resolved.run.iterations):
+            echo(f"{out} is already complete ({resolved.run.iterations} iterations); nothing to do")
+            return _completed(run)
+    elif not run.is_empty_or_absent():
+        raise UsageError(
+            f"{out} exists but is not a run directory (no {RunDir.CONFIG}); refusing to write into it. "
+            "Choose another --out." if resume else
+            f"run directory {out} already exists and is not empty; refusing to overwrite it. "
+            "Pass --resume to continue that run, or choose another --out."
+        )
+
+    seed_everything(resolved.run.seed)
+    device = pick_device(resolved.run.device)
+    experiment = build_experiment(resolved, device, data_root, registries=registries)
+    if not run.is_run():
+        if resume:
+            echo(f"--resume: {out} holds no run yet; starting a new run")
+        run = RunDir.create(out, resolved, device)
+    trainer = Trainer(experiment, run, progress=progress, echo=echo)
+    if resume:
+        _continue(trainer, run, echo)
+    echo(f"training {Path(resolved.source).name} on {device} -> {out}")
+    try:
+        summary = trainer.fit()
+    except MetricFailure as exc:
+        raise run_failure(run, f"training failed at iteration {trainer.iteration}", exc, trainer.last_checkpoint) from exc
+    except (CoopError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - report where things are, keep the traceback in a file
+        raise run_failure(run, f"training failed at iteration {trainer.iteration}", exc, trainer.last_checkpoint) from exc
+    run.write_summary({
+        "iterations": summary.iterations, "images_seen": summary.images_seen, "last_scalars": summary.last_scalars,
+        "evaluations": summary.evaluations, "checkpoint": summary.checkpoint.name if summary.checkpoint else None,
+    })
+    return summary
+
+
+def run_failure(run: RunDir, what: str, exc: BaseException, checkpoint: Optional[Path]) -> RunFailure:
+    """A RunFailure for an unexpected exception; its traceback goes to RUN/error.log (call inside `except`)."""
+    run.error_log.write_text(traceback.format_exc())
+    cause = exc.cause if isinstance(exc, MetricFailure) else exc
+    detail = str(exc) if isinstance(exc, MetricFailure) else f"{type(cause).__name__}: {cause}"
+    return RunFailure(f"{what}: {detail} (traceback in {run.error_log})", run.path, checkpoint)
+
+
+def _continue(trainer: Trainer, run: RunDir, echo: Echo) -> None:
+    """Load the newest good checkpoint into `trainer`, or start from iteration 0 when there is none."""
+    if run.checkpoints.latest() is None:
+        echo(f"--resume: {run.path} has no checkpoint yet; starting from iteration 0")
+        run.rewind(0, [])
+        return
+    try:
+        path, payload, notes = run.checkpoints.load_latest(map_location=trainer.device)
+    except CheckpointError as exc:
+        raise UsageError(f"--resume: {exc}") from None
+    for note in notes:
+        echo(f"warning: {note}")
+    trainer.restore(payload, path)
+    run.rewind(trainer.iteration, trainer.evaluations)
+    echo(f"resumed from {path} at iteration {trainer.iteration}")
+
+
+@dataclass
+class OpenedRun:
+    """A finished or interrupted run reopened from its directory at its newest good checkpoint."""
+
+    run: RunDir
+    experiment: Experiment
+    iteration: int
+    checkpoint: Path
+    evaluations: list[dict[str, Any]]
+
+
+def open_run(path: Path, *, device: Optional[str] = None, data_root: Optional[str] = None,
+             load_data: bool = False, echo: Echo = print, registries: Any = None) -> OpenedRun:
+    """Rebuild a run's experiment from its config.json and load its newest good checkpoint.
+
+    Without `load_data` the training set is not read: a stand-in with the size, shape and value
+    range the checkpoint recorded takes its place (enough for sampling).
+    """
+    run = RunDir(path)
+    resolved = resolve_data(run.read_config(), str(run.path / RunDir.CONFIG), registries)
+    dev = pick_device(device or resolved.run.device)
+    try:
+        ckpt, payload, notes = run.checkpoints.load_latest(map_location=dev)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
+    for note in notes:
+        echo(f"warning: {note}")
+    dataset = None if load_data else DatasetInfo.from_payload(payload)
+    experiment = build_experiment(resolved, dev, data_root, dataset=dataset, registries=registries)
+    state = restore_payload(experiment, payload, None)
+    return OpenedRun(run=run, experiment=experiment, iteration=state.iteration, checkpoint=ckpt,
+                     evaluations=state.evaluations)
