@@ -106,7 +106,9 @@ def plugins_cmd(as_json: bool, options_of: Optional[str], schema: bool) -> None:
 @click.argument("recipe")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value (TOML syntax), e.g. --set run.iterations=500. Repeatable.")
-@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<run.name>).")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Run directory (default: RECIPE itself when it is a run directory; else runs/<run.name>, "
+                   "or for a new run the first free runs/<run.name>-N).")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its last good checkpoint; start it when --out holds no "
                    "run or no checkpoint yet; do nothing when it is complete. Safe to repeat after a kill.")
