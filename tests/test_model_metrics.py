@@ -254,3 +254,40 @@ def test_pairwise_ssim(registries):
 def test_options_defaults_are_valid():
     ReconstructionMseOptions(), EnergyStatisticsOptions(), PairwiseSsimOptions(), InceptionClassScoresOptions()
     assert FeatureProbeOptions().n_labels == [1000, 2000, 4000]
+
+
+# ---------------------------------------------------------------------------------------
+# digit score
+def _digit_score(registries, images, **options):
+    ctx = EvalContext(objective=FixedImagesObjective(images), models={}, registries=registries, data_root=None,
+                      device=torch.device("cpu"), generator=torch.Generator().manual_seed(0),
+                      train_dataset=TensorImageDataset(images, name="stand-in"))
+    return _metric(registries, "digit_score", {"n_samples": len(images), "epochs": 15, **options}).compute(ctx)
+
+
+def test_digit_score_of_the_real_test_digits_is_the_reference(registries):
+    """Scored as if they were samples, the real test digits reproduce the reported real-data row."""
+    from coopcore.build import build_dataset
+
+    real = build_dataset(registries, "digits", {"split": "test", "size": 16}, None)
+    images = real.get_batch(torch.arange(len(real)))
+    res = _digit_score(registries, images)
+    ref = res.details["real_test_digits"]
+    assert res.value == ref["mean_confidence"] and res.details["class_histogram"] == ref["class_histogram"]
+    assert res.details["classifier_test_accuracy"] > 0.85 and ref["classes_covered"] == 10
+    assert abs(ref["class_entropy_bits"] - 3.32) < 0.1  # the test split is nearly class-balanced
+
+
+def test_digit_score_sees_one_class_and_rescales_the_value_range(registries):
+    """One repeated image: one class, zero entropy; samples in 0..255 are mapped to the classifier's range."""
+    from coopcore.build import build_dataset
+
+    one = build_dataset(registries, "digits", {"split": "test", "size": 16, "limit": 1}, None).get_batch(torch.arange(1))
+    res = _digit_score(registries, one.repeat(20, 1, 1, 1))
+    assert res.details["classes_covered"] == 1 and res.details["class_entropy_bits"] == 0.0
+    pixels = (one.repeat(20, 1, 1, 1) + 1) * 127.5
+    ctx_images = TensorImageDataset(pixels, name="pixels", value_range=(0.0, 255.0))
+    ctx = EvalContext(objective=FixedImagesObjective(pixels), models={}, registries=registries, data_root=None,
+                      device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), train_dataset=ctx_images)
+    scaled = _metric(registries, "digit_score", {"n_samples": 20, "epochs": 15}).compute(ctx)
+    assert abs(scaled.value - res.value) < 1e-5

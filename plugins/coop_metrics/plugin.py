@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from coopcore import hookimpl
 
+from .digit_score import DigitScore, DigitScoreOptions
 from .inpainting import Inpainting, InpaintingOptions
 from .fid import (FidOptions, FrechetInceptionDistance, InceptionScore, InceptionScoreOptions,
                   KernelInceptionDistance, KidOptions)
@@ -32,5 +33,7 @@ def coop_register_metrics(registry) -> None:
                  "Test error of a classifier on frozen descriptor features (multigrid Table 2)")
     registry.add("inception_class_scores", InceptionClassScores, InceptionClassScoresOptions,
                  "Mean softmax probability of a target class and top-5 error (TPAMI Fig. 7)")
+    registry.add("digit_score", DigitScore, DigitScoreOptions,
+                 "readability of digit samples: a ConvNet trained on the real digits scores them")
     registry.add("pairwise_ssim", PairwiseSsim, PairwiseSsimOptions,
                  "Average SSIM between random pairs of samples (TPAMI Fig. 7)")
