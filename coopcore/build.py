@@ -16,7 +16,7 @@ from torch import nn
 from .config import ExperimentConfig, OptimizerConfig
 from .data import ImageDataset, resolve_data_root
 from .errors import ConfigError, CoopError, UsageError
-from .experiment import ResolvedExperiment, named_component
+from .experiment import ResolvedExperiment, default_registries, named_component
 from .metrics import EvalContext, Metric, MetricResult
 from .protocols import Objective, Parts
 
@@ -77,8 +77,11 @@ class Experiment:
         return result
 
 
-class MetricFailure(CoopError):
-    """A metric's `compute` raised or returned something other than a `MetricResult`."""
+class MetricFailure(Exception):
+    """A metric's `compute` raised or returned something other than a `MetricResult`.
+
+    Not a `CoopError`: like any other plugin bug it is turned into a `RunFailure` by the caller
+    (`coopcore.run.train`, `coop eval`), which knows the run directory and checkpoint."""
 
     def __init__(self, label: str, cause: BaseException) -> None:
         self.label, self.cause = label, cause
@@ -123,7 +126,7 @@ def expected_model_shapes(resolved: ResolvedExperiment, data_shape: tuple[int, .
 
 def check_shapes(resolved: ResolvedExperiment, dataset: ImageDataset, models: Mapping[str, nn.Module]) -> None:
     """Refuse (exit 2) a dataset whose examples do not fit a model, naming both recipe keys."""
-    data_shape = tuple(int(v) for v in dataset.shape)
+    data_shape = _shape(dataset.shape)
     for role, (attr, have, want) in expected_model_shapes(resolved, data_shape, models).items():
         if have != want:
             comp = resolved.models[role]
@@ -141,10 +144,7 @@ def build_experiment(resolved: ResolvedExperiment, device: torch.device, data_ro
 
     `dataset` replaces the recipe's dataset (sampling from a checkpoint needs only its size and shape).
     """
-    if registries is None:
-        from .plugin_manager import get_registries
-
-        registries = get_registries()
+    registries = default_registries(registries)
     cfg = resolved.config
     root = resolve_data_root(cfg.data.root, data_root)
     if dataset is None:

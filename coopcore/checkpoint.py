@@ -9,8 +9,8 @@ checkpoints (pickled objects inside) still load, with a warning, through the ful
 Writing goes to a temporary file in the same directory, is flushed and fsync'ed, then renamed
 over the target, and only then is ``latest.json`` (the pointer `--resume` follows) replaced the
 same way; older checkpoints are pruned last.  A crash at any point leaves the previous good
-checkpoint and pointer intact.  Loading checks length and
-hash, so a truncated or corrupted file is reported instead of half-loaded.
+checkpoint and pointer intact.  Loading checks length and hash, so a truncated or corrupted
+file is reported instead of half-loaded.
 """
 from __future__ import annotations
 

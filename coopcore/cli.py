@@ -130,7 +130,9 @@ def train_cmd(recipe: str, overrides: tuple[str, ...], out: Optional[Path], resu
                     echo=_echo, registries=_registries())
     if not summary.already_complete:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in list(summary.last_scalars.items())[:6])
-        _echo(f"done: {summary.iterations} iterations in {summary.seconds:.1f} s ({shown})")
+        done_now = max(1, summary.iterations - summary.start_iteration)
+        _echo(f"done: {summary.iterations} iterations in {summary.seconds:.1f} s "
+              f"({summary.seconds / done_now:.3f} s/iteration; {shown})")
         _echo(f"samples: {summary.run_dir / 'samples'}  checkpoint: {summary.checkpoint}")
     click.echo(str(summary.run_dir))
 
@@ -178,7 +180,7 @@ def eval_cmd(run: Path, metric: str, overrides: tuple[str, ...], device: Optiona
 
     opened = open_run(run, device=device, data_root=data_root, load_data=True, echo=_echo, registries=_registries())
     exp = opened.experiment
-    configured = {label: comp for label, comp in exp.resolved.metrics}
+    configured = dict(exp.resolved.metrics)
     base = unstructure(configured[metric].options) if metric in configured else {}
     name = configured[metric].name if metric in configured else metric
     comp = named_component(_registries(), "metric", name, apply_overrides(base, list(overrides)), "--metric")

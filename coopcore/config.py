@@ -32,26 +32,40 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if tp is type(None):
+
+def _literal_text(value: Any) -> str:
+    """A Literal option value as a recipe writes it (TOML: "adam", true, 3)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+def type_name(tp: Any) -> str:
+    """An annotation in the words a recipe author needs (``list of int``, ``float | none``):
+    used by the validation messages and the generated options reference alike."""
+    if tp is None or tp is type(None):
         return "none"
+    if tp is Any or tp is object:
+        return "any"
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
     if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
+        return " | ".join(_literal_text(a) for a in args)
     if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+        return " | ".join(type_name(a) for a in args)
     if origin in (tuple, list):
-        args = typing.get_args(tp)
         if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-            return f"list of {_type_name(args[0])}"
-        if origin is tuple:
-            return f"list of {len(args)} values ({', '.join(_type_name(a) for a in args)})"
-        return f"list of {_type_name(args[0])}" if args else "list"
-    if origin is dict:
-        return "table"
+            return f"list of {type_name(args[0])}"
+        if origin is tuple and args:
+            return f"list of {len(args)} values ({', '.join(type_name(a) for a in args)})"
+        return f"list of {type_name(args[0])}" if args else "list"
+    if origin is dict or tp is dict:
+        return f"table of {type_name(args[1])}" if len(args) == 2 and args[1] is not Any else "table"
+    if tp is Path:
+        return "path"
     if attrs.has(tp):
-        return "table"
-    return getattr(tp, "__name__", str(tp))
+        return f"table ({tp.__name__})"
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "none")
 
 
 def _convert(tp: Any, value: Any, path: str, source: Optional[str]) -> Any:
@@ -80,7 +94,7 @@ def _convert(tp: Any, value: Any, path: str, source: Optional[str]) -> Any:
                 return _convert(arg, value, path, source)
             except ConfigError:
                 pass
-        raise fail(_type_name(tp))
+        raise fail(type_name(tp))
     if tp is bool:
         if not isinstance(value, bool):
             raise fail("true or false")
@@ -103,11 +117,11 @@ def _convert(tp: Any, value: Any, path: str, source: Optional[str]) -> Any:
         return Path(value)
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise fail(_type_name(tp))
+            raise fail(type_name(tp))
         args = typing.get_args(tp)
         if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis) and args:
             if len(value) != len(args):
-                raise ConfigError(path, f"expected {_type_name(tp)}, got {len(value)} values", source)
+                raise ConfigError(path, f"expected {type_name(tp)}, got {len(value)} values", source)
             return tuple(_convert(a, v, f"{path}[{i}]", source) for i, (a, v) in enumerate(zip(args, value)))
         item = args[0] if args else Any
         items = [_convert(item, v, f"{path}[{i}]", source) for i, v in enumerate(value)]
@@ -127,7 +141,7 @@ def _convert(tp: Any, value: Any, path: str, source: Optional[str]) -> Any:
         return structure(tp, value, path, source)
     if isinstance(tp, type):
         if not isinstance(value, tp):
-            raise fail(_type_name(tp))
+            raise fail(type_name(tp))
         return value
     return value
 
@@ -149,7 +163,7 @@ def structure(cls: type, data: Mapping[str, Any], path: str = "", source: Option
     for name, fld in fields.items():
         if name not in data:
             if fld.default is attrs.NOTHING:
-                raise ConfigError(f"{prefix}{name}", f"is required ({_type_name(fld.type)})", source)
+                raise ConfigError(f"{prefix}{name}", f"is required ({type_name(fld.type)})", source)
             continue
         kwargs[name] = _convert(fld.type, data[name], f"{prefix}{name}", source)
     try:

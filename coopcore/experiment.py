@@ -114,7 +114,8 @@ class ResolvedExperiment:
         return config_hash(self.to_data())
 
 
-def _registries(registries: Any) -> Any:
+def default_registries(registries: Any) -> Any:
+    """`registries`, or the process-wide ones the CLI uses when None."""
     if registries is not None:
         return registries
     from .plugin_manager import get_registries
@@ -177,7 +178,7 @@ def _check_roles(cfg: ExperimentConfig, objective: Component) -> None:
 
 def resolve_data(data: Mapping[str, Any], source: str = "<recipe>", registries: Any = None) -> ResolvedExperiment:
     """Resolve plain recipe data (as read from TOML or ``config.json``)."""
-    registries = _registries(registries)
+    registries = default_registries(registries)
     cfg = structure(ExperimentConfig, data, "", source)
     models = {role: model_component(registries, c.name, c.options, f"models.{role}", source)
               for role, c in cfg.models.items()}

@@ -38,6 +38,9 @@ from typing import Any, Literal, Optional, Union
 
 import attrs
 
+from .config import type_name
+from .families import FAMILY_NAMES
+
 #: The `attrs.field` metadata key holding an option's description.
 DOC_KEY = "doc"
 
@@ -100,33 +103,6 @@ class ComponentInfo:
 
 # ---------------------------------------------------------------------------------------
 # types, defaults and validators in words
-def type_name(tp: Any) -> str:
-    """An annotation in the words a recipe author needs (``list of int``, ``float | none``)."""
-    if tp is None or tp is type(None):
-        return "none"
-    if tp is Any or tp is object:
-        return "any"
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is Literal:
-        return " | ".join(json.dumps(a) if isinstance(a, str) else _toml(a) for a in args)
-    if origin in (Union, types.UnionType):
-        return " | ".join(type_name(a) for a in args)
-    if origin in (tuple, list):
-        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-            return f"list of {type_name(args[0])}"
-        if origin is tuple and args:
-            return f"list of {len(args)} ({', '.join(type_name(a) for a in args)})"
-        return f"list of {type_name(args[0])}" if args else "list"
-    if origin is dict or tp is dict:
-        return f"table of {type_name(args[1])}" if len(args) == 2 and args[1] is not Any else "table"
-    if tp is Path:
-        return "path"
-    if attrs.has(tp):
-        return f"table ({tp.__name__})"
-    return getattr(tp, "__name__", str(tp)).replace("NoneType", "none")
-
-
 def _plain(value: Any) -> Any:
     """A default as JSON-able data (tuples become lists, attrs instances tables)."""
     if attrs.has(type(value)):
@@ -333,15 +309,6 @@ def _class_doc(cls: type) -> str:
 
 # ---------------------------------------------------------------------------------------
 # components
-def _families() -> tuple[str, ...]:
-    try:
-        from .families import FAMILY_NAMES
-    except ImportError:  # pragma: no cover - before the families table existed
-        from .registry import FAMILIES as FAMILY_NAMES  # type: ignore[attr-defined,no-redef]
-
-    return tuple(FAMILY_NAMES)
-
-
 def _builtin_owners(registries: Any) -> set[str]:
     return {p.name for p in getattr(registries, "plugins", []) if getattr(p, "builtin", False)}
 
@@ -364,7 +331,7 @@ def components(registries: Any, *, builtin_only: bool = False) -> list[Component
     """
     keep = _builtin_owners(registries) if builtin_only else None
     out = []
-    for family in _families():
+    for family in FAMILY_NAMES:
         for entry in registries.family(family).entries():
             if keep is None or entry.owner in keep:
                 out.append(describe_entry(family, entry))
@@ -379,11 +346,11 @@ def find_component(registries: Any, name: str) -> list[ComponentInfo]:
     from .errors import UsageError
 
     family = None
-    if ":" in name and name.split(":", 1)[0] in _families():
+    if ":" in name and name.split(":", 1)[0] in FAMILY_NAMES:
         family, name = name.split(":", 1)
     found = []
     all_names: set[str] = set()
-    for fam in _families():
+    for fam in FAMILY_NAMES:
         reg = registries.family(fam)
         all_names.update(reg)
         if (family is None or fam == family) and name in reg:
@@ -521,14 +488,14 @@ def reference_markdown(registries: Any, *, builtin_only: bool = True, title: str
     for c in comps:
         by_family.setdefault(c.family, []).append(c)
     out += ["## Components", ""]
-    for family in _families():
+    for family in FAMILY_NAMES:
         items = by_family.get(family, [])
         if not items:
             continue
         out += [f"- [{family}](#family-{family}): " + ", ".join(
             f"[`{c.name}`](#{_anchor(c.family, c.name)})" for c in items)]
     out.append("")
-    for family in _families():
+    for family in FAMILY_NAMES:
         items = by_family.get(family, [])
         if not items:
             continue

@@ -174,7 +174,7 @@ def run_table(
         echo(f"[{spec.key} {scale}] run '{run.id}': {recipe_name}, {resolved.run.iterations} iterations")
         summary = train(resolved, run_dir, data_root=data_root, progress=progress, echo=echo, registries=registries)
         evals_by_run[run.id] = summary.evaluations
-        provenance = json.loads((run_dir / "provenance.json").read_text())
+        device = torch.device(summary.device)
         run_records[run.id] = {
             "recipe": recipe_name,
             "overrides": overrides,
@@ -183,8 +183,8 @@ def run_table(
             "iterations": summary.iterations,
             "images_seen": summary.images_seen,
             "seconds": round(summary.seconds, 2),
-            "device": provenance["device"],
-            "device_name": provenance["device_name"] if provenance["device"].startswith("cuda") else "cpu",
+            "device": summary.device,
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         }
         samples = sorted((run_dir / "samples").glob("*.png"))
         final = [p for p in samples if p.name.startswith(f"iter-{summary.iterations:08d}")]

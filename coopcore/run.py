@@ -17,7 +17,7 @@ from .build import Experiment, MetricFailure, build_experiment, pick_device
 from .errors import CheckpointError, CoopError, RunFailure, UsageError
 from .experiment import ResolvedExperiment, resolve_data
 from .rng import seed_everything
-from .rundir import DatasetInfo, RunDir, restore_payload
+from .rundir import DatasetInfo, RunDir, overwrite_refused, restore_payload
 from .trainer import Trainer, TrainSummary
 
 Echo = Callable[[str], None]
@@ -47,40 +47,37 @@ def _completed(run: RunDir) -> TrainSummary:
 def train(resolved: ResolvedExperiment, out: Optional[Path] = None, *, resume: bool = False,
           data_root: Optional[str] = None, progress: Optional[bool] = None, echo: Echo = print,
           registries: Any = None) -> TrainSummary:
-    """Train `resolved` into run directory `out` (see the module docstring for `resume`)."""
+    """Train `resolved` into run directory `out` (see the module docstring for `resume`).
+
+    A plugin's unexpected exception (a metric's included) becomes a `RunFailure` naming the run
+    and its last checkpoint, with the traceback in ``RUN/error.log``."""
     out = Path(out) if out is not None else default_run_dir(resolved.run.name, resume)
     run = RunDir(out, resolved.run.keep_checkpoints)
-    if run.is_run():
-        if not resume:
-            raise UsageError(f"run directory {out} already exists and is not empty; refusing to overwrite it. "
-                             "Pass --resume to continue that run, or choose another --out.")
+    continuing = resume and run.is_run()
+    if continuing:
         run.check_resumable(resolved)
         if run.is_complete(resolved.run.iterations):
             echo(f"{out} is already complete ({resolved.run.iterations} iterations); nothing to do")
             return _completed(run)
     elif not run.is_empty_or_absent():
-        raise UsageError(
-            f"{out} exists but is not a run directory (no {RunDir.CONFIG}); refusing to write into it. "
-            "Choose another --out." if resume else
-            f"run directory {out} already exists and is not empty; refusing to overwrite it. "
-            "Pass --resume to continue that run, or choose another --out."
-        )
+        if resume:
+            raise UsageError(f"{out} exists but is not a run directory (no {RunDir.CONFIG}); refusing to write "
+                             "into it. Choose another --out.")
+        raise overwrite_refused(out)
 
     seed_everything(resolved.run.seed)
     device = pick_device(resolved.run.device)
     experiment = build_experiment(resolved, device, data_root, registries=registries)
-    if not run.is_run():
+    if not continuing:
         if resume:
             echo(f"--resume: {out} holds no run yet; starting a new run")
         run = RunDir.create(out, resolved, device)
     trainer = Trainer(experiment, run, progress=progress, echo=echo)
-    if resume:
+    if continuing:
         _continue(trainer, run, echo)
     echo(f"training {Path(resolved.source).name} on {device} -> {out}")
     try:
         summary = trainer.fit()
-    except MetricFailure as exc:
-        raise run_failure(run, f"training failed at iteration {trainer.iteration}", exc, trainer.last_checkpoint) from exc
     except (CoopError, KeyboardInterrupt):
         raise
     except Exception as exc:  # noqa: BLE001 - report where things are, keep the traceback in a file
@@ -95,8 +92,7 @@ def train(resolved: ResolvedExperiment, out: Optional[Path] = None, *, resume: b
 def run_failure(run: RunDir, what: str, exc: BaseException, checkpoint: Optional[Path]) -> RunFailure:
     """A RunFailure for an unexpected exception; its traceback goes to RUN/error.log (call inside `except`)."""
     run.error_log.write_text(traceback.format_exc())
-    cause = exc.cause if isinstance(exc, MetricFailure) else exc
-    detail = str(exc) if isinstance(exc, MetricFailure) else f"{type(cause).__name__}: {cause}"
+    detail = str(exc) if isinstance(exc, MetricFailure) else f"{type(exc).__name__}: {exc}"
     return RunFailure(f"{what}: {detail} (traceback in {run.error_log})", run.path, checkpoint)
 
 

@@ -108,6 +108,12 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
+def overwrite_refused(path: Path) -> UsageError:
+    """The error for a new run aimed at a directory that already holds something."""
+    return UsageError(f"run directory {path} already exists and is not empty; refusing to overwrite it. "
+                      "Pass --resume to continue that run, or choose another --out.")
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -156,10 +162,7 @@ class RunDir:
             try:
                 os.rename(tmp, path)  # replaces an empty directory; fails on a non-empty one
             except OSError:
-                raise UsageError(
-                    f"run directory {path} already exists and is not empty; refusing to overwrite it. "
-                    "Pass --resume to continue that run, or choose another --out."
-                ) from None
+                raise overwrite_refused(path) from None
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -30,6 +30,7 @@ from .protocols import Batch
 from .rng import make_generator
 from .rundir import RunDir, TrainingState, checkpoint_payload, restore_payload
 
+
 class Interrupted(CoopError):
     """Training stopped on request (Ctrl-C) after saving a checkpoint."""
 
@@ -47,6 +48,8 @@ class TrainSummary:
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     checkpoint: Optional[Path] = None
     seconds: float = 0.0
+    start_iteration: int = 0  # where this process began (> 0 when it resumed)
+    device: str = ""
     already_complete: bool = False  # `--resume` found the run finished and did nothing
 
 
@@ -184,7 +187,7 @@ class Trainer:
         if run.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         previous = self._install_sigint()
-        start = time.perf_counter()
+        start, start_iteration = time.perf_counter(), self.iteration
         last: dict[str, float] = {}
         bar = tqdm(total=run.iterations, initial=self.iteration, disable=(self.progress is False) or None,
                    dynamic_ncols=True, desc=self.cfg.run.name)
@@ -234,5 +237,6 @@ class Trainer:
         return TrainSummary(
             run_dir=self.run_dir, iterations=self.iteration, images_seen=self.state.images_seen, last_scalars=last,
             evaluations=self.evaluations, checkpoint=self.last_checkpoint, seconds=time.perf_counter() - start,
+            start_iteration=start_iteration, device=str(self.device),
         )
 
