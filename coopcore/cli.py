@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import click
 
@@ -195,51 +195,97 @@ def eval_cmd(run: Path, metric: str, overrides: tuple[str, ...], device: Optiona
 
 
 # ---------------------------------------------------------------------------------------
-def _table_key(table: str, paper: Optional[str]) -> str:
-    if ":" in table:
-        return table
-    return f"{paper or 'coopnets'}:{table}"
+def _table_specs(reg: Any, table: str, paper: Optional[str]) -> list[Any]:
+    """The specs TABLE names: ``all``, ``paper:tableN``, ``tableN`` (of --paper) or a spec file."""
+    from .repro import load_table_spec
+
+    if table == "all":
+        return [reg.table.create(name) for name in reg.table]
+    if table.endswith(".toml") and Path(table).is_file():
+        return [load_table_spec(Path(table))]
+    key = table if ":" in table else f"{paper or 'coopnets'}:{table}"
+    if key not in reg.table:
+        known = ", ".join(reg.table) or "(none)"
+        raise UsageError(f"unknown table '{key}'. Reproducible tables (`coop repro --list`): {known}")
+    return [reg.table.create(key)]
+
+
+def _list_tables(reg: Any, out_root: Path) -> None:
+    from .repro import table_status
+
+    for entry in reg.table.entries():
+        spec = reg.table.create(entry.name)
+        click.echo(f"{entry.name:22s} {spec.title}  (scales: {', '.join(spec.scales)}; plugin {entry.owner})")
+        for scale in spec.scales:
+            status = table_status(spec, scale, out_root)
+            if status != "not started":
+                click.echo(f"{'':22s}   {scale}: {status}  [{out_root}]")
 
 
 @cli.command("repro")
 @click.argument("table", required=False)
-@click.option("--paper", help="Paper short name (default coopnets); `coop repro --list` shows them.")
+@click.option("--paper", help="Paper short name for a bare tableN (default coopnets); `coop repro --list` shows them.")
 @click.option("--scale", type=click.Choice(["smoke", "short", "full"]), default="smoke", show_default=True,
-              help="smoke: CPU, seconds, embedded data; short: one GPU, ~10 min; full: the paper's settings.")
-@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: repro/<paper>-<table>-<scale>).")
-@click.option("--list", "list_tables", is_flag=True, help="List the reproducible tables.")
+              help="smoke: CPU, seconds, embedded data; short: one GPU, ~10 min; full: the paper's protocol.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Output folder of one table (default: OUT_ROOT/<paper>-<table>-<scale>).")
+@click.option("--out-root", type=click.Path(path_type=Path), default=Path("repro"), show_default=True,
+              help="Where tables' folders live (and where --list looks for finished runs).")
+@click.option("--list", "list_tables", is_flag=True, help="List the tables, their scales and what is done under OUT_ROOT.")
 @click.option("--device", help="cpu, cuda, cuda:N or auto (default: each recipe's run.device).")
 @click.option("--data-root", help=DATA_ROOT_HELP)
-@click.option("--seed", type=int, help="Override every run's seed.")
+@click.option("--seed", type=int, help="Replace every run's seed (a seed sweep then repeats one seed).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Extra override applied to every run.")
+@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
+              help="Runs at once, each in its own process (with --devices: one device each).")
+@click.option("--devices", metavar="DEV,DEV", help="Devices handed to the runs round robin, e.g. cuda:0,cuda:1.")
+@click.option("--launcher", type=click.Choice(["slurm", "local", "debug"]),
+              help="Hand each run to submitit (slurm: a cluster; local/debug: this machine) and collect them.")
+@click.option("--slurm-partition", help="SLURM partition (with --launcher slurm).")
+@click.option("--slurm-time", type=click.IntRange(1), default=24 * 60, show_default=True, help="Minutes per run job.")
+@click.option("--slurm-gpus", type=click.IntRange(0), default=1, show_default=True, help="GPUs per run job.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-def repro_cmd(table: Optional[str], paper: Optional[str], scale: str, out: Optional[Path], list_tables: bool,
-              device: Optional[str], data_root: Optional[str], seed: Optional[int], overrides: tuple[str, ...],
-              no_progress: bool) -> None:
-    """Reproduce a paper TABLE (e.g. table2, coopnets:table2) and write results.json and report.md."""
-    from .repro import run_table
+def repro_cmd(table: Optional[str], paper: Optional[str], scale: str, out: Optional[Path], out_root: Path,
+              list_tables: bool, device: Optional[str], data_root: Optional[str], seed: Optional[int],
+              overrides: tuple[str, ...], jobs: int, devices: Optional[str], launcher: Optional[str],
+              slurm_partition: Optional[str], slurm_time: int, slurm_gpus: int, no_progress: bool) -> int:
+    """Reproduce a paper TABLE (table3, multigrid:table3, all, or a spec .toml): train its runs,
+    write results.json and report.md with the paper's numbers beside ours.
+
+    Re-invoking skips finished runs and resumes interrupted ones. Exit code: 0 when every run
+    succeeded, 10 + the number of failed runs otherwise (2: bad input)."""
+    from .repro import Launcher, run_table, table_out_dir
 
     _report_failed_plugins()
     reg = _registries()
     if list_tables or not table:
-        for entry in reg.table.entries():
-            spec = reg.table.create(entry.name)
-            scales = sorted({s for r in spec.runs for s in r.scales} | {"full"})
-            click.echo(f"{entry.name:24s} {spec.title}  (scales: {', '.join(scales)}; plugin {entry.owner})")
+        _list_tables(reg, out_root)
         if not list_tables:
             raise UsageError("name a TABLE to reproduce (listed above), e.g. `coop repro table2 --scale smoke`")
-        return
-    key = _table_key(table, paper)
-    if key not in reg.table:
-        known = ", ".join(reg.table) or "(none)"
-        raise UsageError(f"unknown table '{key}'. Reproducible tables: {known}")
-    spec = reg.table.create(key)
-    out = out or Path("repro") / f"{spec.paper}-{spec.table}-{scale}"
-    results = run_table(spec, scale, out, reg, device=device, data_root=data_root, seed=seed,
-                        extra_overrides=overrides, echo=_echo, progress=False if no_progress else None)
-    _echo((out / "report.md").read_text())
-    click.echo(str(out / "results.json"))
-    del results
+        return 0
+    specs = _table_specs(reg, table, paper)
+    if out is not None and len(specs) > 1:
+        raise UsageError("--out names one table's folder; with `all` use --out-root")
+    for spec in specs:
+        if scale not in spec.scales:
+            raise UsageError(f"table {spec.key} has no scale '{scale}'; it offers {', '.join(spec.scales)}")
+    run_with = Launcher(jobs=jobs, devices=tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else (),
+                        submitit=launcher, slurm_partition=slurm_partition, slurm_time_min=slurm_time,
+                        slurm_gpus=slurm_gpus)
+    failed = 0
+    for spec in specs:
+        folder = out if out is not None else table_out_dir(spec, scale, out_root)
+        results = run_table(spec, scale, folder, reg, device=device, data_root=data_root, seed=seed,
+                            extra_overrides=overrides, launcher=run_with, echo=_echo,
+                            progress=False if no_progress else None)
+        if len(specs) == 1:
+            _echo((folder / "report.md").read_text())
+        failed += results["failed"]
+        click.echo(str(folder / "results.json"))
+    if failed:
+        _echo(f"{failed} run(s) failed; see the reports (the other runs finished)")
+        return 10 + min(failed, 89)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------

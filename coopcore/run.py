@@ -40,7 +40,8 @@ def _completed(run: RunDir) -> TrainSummary:
     return TrainSummary(
         run_dir=run.path, iterations=int(done.get("iterations", 0)), images_seen=int(done.get("images_seen", 0)),
         last_scalars=dict(done.get("last_scalars", {})), evaluations=list(done.get("evaluations", [])),
-        checkpoint=run.checkpoints.latest(), seconds=0.0, already_complete=True,
+        checkpoint=run.checkpoints.latest(), seconds=float(done.get("seconds", 0.0)),
+        device=str(done.get("device", "")), already_complete=True,
     )
 
 
@@ -85,6 +86,7 @@ def train(resolved: ResolvedExperiment, out: Optional[Path] = None, *, resume: b
     run.write_summary({
         "iterations": summary.iterations, "images_seen": summary.images_seen, "last_scalars": summary.last_scalars,
         "evaluations": summary.evaluations, "checkpoint": summary.checkpoint.name if summary.checkpoint else None,
+        "seconds": round(summary.seconds, 2), "device": summary.device,
     })
     return summary
 

@@ -194,6 +194,13 @@ class RunDir:
                 f"Only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume."
             )
 
+    def provenance(self) -> dict[str, Any]:
+        """provenance.json (device, versions, commit, seed), or {} when absent or unreadable."""
+        try:
+            return json.loads((self.path / self.PROVENANCE).read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
     def summary(self) -> Optional[dict[str, Any]]:
         """The completion record, or None while the run is unfinished."""
         path = self.path / self.SUMMARY
@@ -231,6 +238,14 @@ class RunDir:
     def append_metrics(self, record: dict[str, Any]) -> None:
         with open(self.path / self.METRICS, "a") as fh:
             fh.write(json.dumps(record) + "\n")
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """The training scalars logged so far (metrics.jsonl)."""
+        return _read_jsonl(self.path / self.METRICS)
+
+    def evaluations(self) -> list[dict[str, Any]]:
+        """Every evaluation recorded so far (evaluations.jsonl): training's and `coop eval`'s."""
+        return _read_jsonl(self.path / self.EVALUATIONS)
 
     def append_evaluation(self, record: dict[str, Any]) -> None:
         with open(self.path / self.EVALUATIONS, "a") as fh:

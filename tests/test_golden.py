@@ -42,12 +42,15 @@ def test_golden_repro_table2_smoke(tmp_path, num_regression):
     cells = {f"{c['row']}|{c['metric']}": c for c in results["cells"]}
     assert set(cells) == {"Generator in CoopNets (ours)|parzen_generator",
                           "Descriptor in CoopNets (ours)|parzen_descriptor"}
-    assert all(c["n_samples"] == 500 and c["backend"].startswith("parzen") for c in cells.values())
+    assert all(c["n_samples"] == [500] and c["backend"][0].startswith("parzen") for c in cells.values())
+    evals = [json.loads(x) for x in (out / "runs" / "coopnets" / "evaluations.jsonl").read_text().splitlines()]
     values = {}
     for key, c in cells.items():
         name = "generator" if "generator" in key else "descriptor"
+        chosen = [e for e in evals if e["label"] == c["metric"] and e["iteration"] == c["iterations"][0]]
+        assert [e["value"] for e in chosen] == [c["ours"]]
         values[f"{name}_ll"] = c["ours"]
         values[f"{name}_stderr"] = c["ours_error"]
-        values[f"{name}_sigma"] = c["details"]["sigma"]
-        values[f"{name}_iteration"] = float(c["iteration"])
+        values[f"{name}_sigma"] = chosen[0]["details"]["sigma"]
+        values[f"{name}_iteration"] = float(c["iterations"][0])
     num_regression.check(values, **TABLE_TOL)

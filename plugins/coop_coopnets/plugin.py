@@ -4,8 +4,7 @@ objectives and the table specs under paper_repro/."""
 from __future__ import annotations
 
 from coopcore import hookimpl, preset_options
-from coopcore.config import packaged_file
-from coopcore.repro import load_table_spec
+from coopcore.repro import register_table_files
 
 from .networks import ConvDescriptor, ConvDescriptorOptions, ConvGenerator, ConvGeneratorOptions
 from .networks3d import (
@@ -127,15 +126,6 @@ def coop_register_objectives(registry) -> None:
                  "TPAMI Algorithm G: alternating back-propagation with per-example latents")
 
 
-def _table(filename: str):
-    def factory(options) -> object:
-        return load_table_spec(packaged_file("coopcore.paper_repro", filename))
-
-    factory.__doc__ = f"table spec {filename}"
-    return factory
-
-
 @hookimpl
 def coop_register_tables(registry) -> None:
-    registry.add("coopnets:table2", _table("coopnets-table2.toml"),
-                 summary="TPAMI Table 2: MNIST Parzen-window log-likelihood")
+    register_table_files(registry, "coop_coopnets.tables")

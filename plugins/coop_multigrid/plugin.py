@@ -3,6 +3,7 @@ multi-grid Langevin sampler, the multi-grid minimal CD objective and its three b
 from __future__ import annotations
 
 from coopcore import hookimpl, preset_options
+from coopcore.repro import register_table_files
 
 from .baselines import CD1, CD1Options, PersistentCD, PersistentCDOptions, SingleGridCD, SingleGridCDOptions
 from .networks import MultigridDescriptor, MultigridDescriptorOptions
@@ -44,3 +45,8 @@ def coop_register_objectives(registry) -> None:
                  "multigrid baseline persistent CD: per-image chains carried across epochs (Gao et al. 5.1, 7)")
     registry.add("multigrid.single_grid", SingleGridCD, SingleGridCDOptions,
                  "multigrid baseline single-grid CD: 1x1 start up-scaled straight to the finest grid (Gao et al. 7)")
+
+
+@hookimpl
+def coop_register_tables(registry) -> None:
+    register_table_files(registry, "coop_multigrid.tables")

@@ -4,6 +4,7 @@ from occluded images) and the Table 3 recovery-error metric."""
 from __future__ import annotations
 
 from coopcore import hookimpl, preset_options
+from coopcore.repro import register_table_files
 
 from .metric import RecoveryError, RecoveryErrorOptions
 from .networks import (
@@ -58,3 +59,8 @@ def coop_register_objectives(registry) -> None:
 def coop_register_metrics(registry) -> None:
     registry.add("triangle.recovery_error", RecoveryError, RecoveryErrorOptions,
                  "Divergence triangle Table 3: recovery error on the occluded pixels of the training images")
+
+
+@hookimpl
+def coop_register_tables(registry) -> None:
+    register_table_files(registry, "coop_triangle.tables")

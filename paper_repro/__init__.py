@@ -1,1 +1,0 @@
-"""Table specifications shipped with coopnets (package data)."""
