@@ -1,6 +1,6 @@
 """Entry point of the CoopNets plugin: registers every architecture of the paper under its
 name with the paper's settings as option defaults, the Langevin samplers, the three
-objectives and the table specs under paper_repro/."""
+objectives and the table specs under tables/."""
 from __future__ import annotations
 
 from coopcore import hookimpl, preset_options
