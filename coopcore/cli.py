@@ -244,11 +244,15 @@ def _list_tables(reg: Any, out_root: Path) -> None:
 @click.option("--slurm-partition", help="SLURM partition (with --launcher slurm).")
 @click.option("--slurm-time", type=click.IntRange(1), default=24 * 60, show_default=True, help="Minutes per run job.")
 @click.option("--slurm-gpus", type=click.IntRange(0), default=1, show_default=True, help="GPUs per run job.")
+@click.option("--rankings", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              metavar="FILE", help="A rater's returned ranking file (human-study tables, e.g. coopnets:table4); "
+                                   "repeatable: the table's cells become the mean ranks.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def repro_cmd(table: Optional[str], paper: Optional[str], scale: str, out: Optional[Path], out_root: Path,
               list_tables: bool, device: Optional[str], data_root: Optional[str], seed: Optional[int],
               overrides: tuple[str, ...], jobs: int, devices: Optional[str], launcher: Optional[str],
-              slurm_partition: Optional[str], slurm_time: int, slurm_gpus: int, no_progress: bool) -> int:
+              slurm_partition: Optional[str], slurm_time: int, slurm_gpus: int, rankings: tuple[Path, ...],
+              no_progress: bool) -> int:
     """Reproduce a paper TABLE (table3, multigrid:table3, all, or a spec .toml): train its runs,
     write results.json and report.md with the paper's numbers beside ours.
 
@@ -266,6 +270,8 @@ def repro_cmd(table: Optional[str], paper: Optional[str], scale: str, out: Optio
     specs = _table_specs(reg, table, paper)
     if out is not None and len(specs) > 1:
         raise UsageError("--out names one table's folder; with `all` use --out-root")
+    if rankings and len(specs) > 1:
+        raise UsageError("--rankings belong to one table's study; name that table")
     for spec in specs:
         if scale not in spec.scales:
             raise UsageError(f"table {spec.key} has no scale '{scale}'; it offers {', '.join(spec.scales)}")
@@ -277,7 +283,7 @@ def repro_cmd(table: Optional[str], paper: Optional[str], scale: str, out: Optio
         folder = out if out is not None else table_out_dir(spec, scale, out_root)
         results = run_table(spec, scale, folder, reg, device=device, data_root=data_root, seed=seed,
                             extra_overrides=overrides, launcher=run_with, echo=_echo,
-                            progress=False if no_progress else None)
+                            progress=False if no_progress else None, rankings=rankings)
         if len(specs) == 1:
             _echo((folder / "report.md").read_text())
         failed += results["failed"]

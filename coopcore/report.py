@@ -89,23 +89,36 @@ def compute_cell(cell: CellSpec, planned: Sequence[PlannedRun], records: dict[st
     return out
 
 
+def study_cell(spec: TableSpec, tally: dict[str, Any]) -> dict[str, Any]:
+    """A cell from a human study's returned rankings (`coopcore.study.study_cells`): mean rank
+    +- its standard error over raters."""
+    return {
+        "row": tally["row"], "column": tally["column"], "metric": "mean_rank", "field": "value", "select": "last",
+        "aggregate": "raters", "runs": [], "values": [tally["value"]], "ours": tally["value"],
+        "ours_error": tally["error"], "iterations": [], "n_samples": [tally["n_raters"]],
+        "backend": ["human ranking (coopcore.study)"], "seeds": [], "status": "ok", "reason": "",
+    }
+
+
 def table_results(spec: TableSpec, scale: str, planned: Sequence[PlannedRun], records: dict[str, dict[str, Any]],
-                  evaluations: dict[str, list[dict[str, Any]]], provenance: dict[str, Any]) -> dict[str, Any]:
-    """The whole results.json document."""
+                  evaluations: dict[str, list[dict[str, Any]]], provenance: dict[str, Any],
+                  study: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The whole results.json document; `study` adds cells tallied from a human study."""
     published = {(p.row, p.column): p for p in spec.published}
     cells = []
-    for cell in plan_cells(spec):
-        rec = compute_cell(cell, planned, records, evaluations)
-        pub = published.get((cell.row, cell.column))
+    computed = [(c, compute_cell(c, planned, records, evaluations)) for c in plan_cells(spec)]
+    computed += [(None, study_cell(spec, tally)) for tally in study]
+    for cell, rec in computed:
+        pub = published.get((rec["row"], rec["column"]))
         rec["published"] = None if pub is None else pub.value
         rec["published_error"] = None if pub is None else pub.error
         rec["difference"] = None if pub is None or rec["ours"] is None else rec["ours"] - pub.value
         rec["within_spread"] = (None if rec["difference"] is None or pub is None or pub.error is None
                                 else abs(rec["difference"]) <= pub.error)
-        rec["format"] = cell.format or spec.value_format
-        rec["exponent"] = cell.exponent
+        rec["format"] = (cell.format if cell is not None else "") or spec.value_format
+        rec["exponent"] = cell.exponent if cell is not None else 0
         cells.append(rec)
-    quoted = set(quoted_rows(spec))
+    quoted = set(quoted_rows(spec)) - {c["row"] for c in cells}
     return {
         "schema": RESULTS_SCHEMA,
         "paper": spec.paper, "table": spec.table, "title": spec.title, "scale": scale,
@@ -147,7 +160,7 @@ def render_report(spec: TableSpec, results: dict[str, Any], images: dict[str, li
     ours = {(c["row"], c["column"]): c for c in results["cells"]}
     fmt_of = {(c["row"], c["column"]): (c["format"], c["exponent"]) for c in results["cells"]}
     pub = {(p.row, p.column): p for p in spec.published}
-    quoted = set(quoted_rows(spec))
+    quoted = {q["row"] for q in results["quoted"]}
     lines = [f"# {spec.paper} {spec.table}: {spec.title}", "", f"Scale: **{scale}**."]
     if results["failed"]:
         lines += ["", f"**{results['failed']} run(s) failed**; their cells read *failed* (see Runs below)."]
@@ -182,6 +195,10 @@ def render_report(spec: TableSpec, results: dict[str, Any], images: dict[str, li
     lines += ["", "## How our numbers were computed", ""]
     for c in results["cells"]:
         if c["status"] != "ok":
+            continue
+        if c["aggregate"] == "raters":
+            lines.append(f"- {c['row']} / {c['column']}: mean rank over {c['n_samples'][0]} raters ± its standard "
+                         "error, from the returned ranking files.")
             continue
         how = f"{c['aggregate'].replace('_', ' ± ') if c['aggregate'] != 'single' else 'one run'}"
         lines.append(f"- {c['row']} / {c['column']}: `{c['field']}` of evaluation `{c['metric']}` ({c['select']}, "

@@ -289,10 +289,13 @@ def run_table(
     launcher: Launcher = Launcher(),
     echo: Echo = print,
     progress: Optional[bool] = None,
+    rankings: tuple[Path, ...] = (),
 ) -> dict[str, Any]:
     """Run every run of `spec` at `scale` under `out` (resuming and skipping what is done) and
     write results.json and report.md there.  Runs that `use` another table's run are found (or
-    trained first) in that table's folder beside `out`.  Returns the results document."""
+    trained first) in that table's folder beside `out`.  A table with a human study writes its
+    kit under ``out/study``; `rankings` (the raters' returned files) fill its cells.
+    Returns the results document."""
     planned = plan_runs(spec, scale)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -327,14 +330,21 @@ def run_table(
         "python": platform.python_version(), "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "seconds": round(time.time() - started, 1),
     }
-    results = table_results(spec, scale, planned, records, evaluations, provenance)
+    study: list[dict[str, Any]] = []
+    if spec.study is not None:
+        from .study import build_table_study, study_cells
+
+        build_table_study(spec.study, {m: run_dirs[r] for m, r in spec.study.methods.items()
+                                       if r in run_dirs and records[r].get("status") != "failed"},
+                          out / "study", seed=0 if seed is None else seed)
+        if rankings:
+            study = study_cells(rankings, out / "study" / "key.json")
+            echo(f"tallied {len(rankings)} ranking file(s) into {len(study)} cells")
+    elif rankings:
+        raise UsageError(f"--rankings: table {spec.key} has no human study")
+    results = table_results(spec, scale, planned, records, evaluations, provenance, study)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "report.md").write_text(render_report(spec, results, images))
-    if spec.study is not None:
-        from .study import build_table_study
-
-        build_table_study(spec.study, {m: run_dirs[r] for m, r in spec.study.methods.items() if r in run_dirs},
-                          out / "study", seed=0 if seed is None else seed)
     return results
 
 

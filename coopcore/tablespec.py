@@ -177,19 +177,19 @@ def check_spec(spec: TableSpec, source: str) -> None:
             raise ConfigError(f"{where}.id", f"duplicate run id '{run.id}'", source)
         seen.add(run.id)
         if run.use:
-            if run.recipe or run.set or run.sweep or run.scales:
+            if run.recipe or run.set or run.data_root or not run.train or any(
+                    sc.recipe or sc.set or sc.data_root is not None for sc in run.scales.values()):
                 raise ConfigError(f"{where}.use", "a run that uses another table's run takes no recipe, set, "
-                                  "sweep or scales of its own", source)
+                                  "data_root or train of its own (only sweep, eval and per-scale sweep/eval)", source)
             if not re.fullmatch(r"[^:/]+:[^:/]+/[^/]+", run.use):
                 raise ConfigError(f"{where}.use", f"expected 'paper:table/run-id', got {run.use!r}", source)
-            continue
-        if not run.recipe and not all(run.scales.get(s, ScaleSpec()).recipe for s in spec.scales):
+        elif not run.recipe and not all(run.scales.get(s, ScaleSpec()).recipe for s in spec.scales):
             raise ConfigError(f"{where}.recipe", "is required (or a recipe at every scale)", source)
         for s in run.scales:
             if s not in spec.scales:
                 raise ConfigError(f"{where}.scales.{s}", f"the table offers only {', '.join(spec.scales)}", source)
         missing = [s for s in spec.scales if s != "full" and s not in run.scales]
-        if missing:
+        if missing and not run.use:
             raise ConfigError(f"{where}.scales", f"run '{run.id}' has no [runs.scales.{missing[0]}] although the "
                               f"table offers scale '{missing[0]}' (a scale is never filled from the full recipe)",
                               source)
@@ -292,13 +292,17 @@ def plan_runs(spec: TableSpec, scale: str) -> list[PlannedRun]:
         raise UsageError(f"table {spec.key} has no scale '{scale}'; it offers {', '.join(spec.scales)}")
     planned = []
     for run in spec.runs:
-        if run.use:
-            planned.append(PlannedRun(id=run.id, spec=run, recipe="", overrides=(), train=False, evals=run.eval,
-                                      data_root="", use=run.use, variables={}))
-            continue
         sc = run.scales.get(scale, ScaleSpec())
         for variables in _combinations(_sweep(run, scale)):
             evals = run.eval if sc.eval is None else sc.eval
+            if run.use:
+                planned.append(PlannedRun(
+                    id=substitute(run.id, variables), spec=run, recipe="", overrides=(), train=False,
+                    evals=tuple(EvalSpec(e.label and substitute(e.label, variables), e.name,
+                                         substitute(dict(e.options), variables)) for e in evals),
+                    data_root="", use=substitute(run.use, variables), variables=variables,
+                    description=sc.description))
+                continue
             planned.append(PlannedRun(
                 id=substitute(run.id, variables),
                 spec=run,
