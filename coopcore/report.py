@@ -159,6 +159,9 @@ def render_report(spec: TableSpec, results: dict[str, Any], images: dict[str, li
     scale = results["scale"]
     ours = {(c["row"], c["column"]): c for c in results["cells"]}
     fmt_of = {(c["row"], c["column"]): (c["format"], c["exponent"]) for c in results["cells"]}
+    column_format = {}  # a quoted number is shown the way the column's computed cells are
+    for c in results["cells"]:
+        column_format.setdefault(c["column"], (c["format"], c["exponent"]))
     pub = {(p.row, p.column): p for p in spec.published}
     quoted = {q["row"] for q in results["quoted"]}
     lines = [f"# {spec.paper} {spec.table}: {spec.title}", "", f"Scale: **{scale}**."]
@@ -171,7 +174,7 @@ def render_report(spec: TableSpec, results: dict[str, Any], images: dict[str, li
         cells = [label]
         for col in spec.columns:
             p = pub.get((row, col))
-            fmt, exp = fmt_of.get((row, col), (spec.value_format, 0))
+            fmt, exp = fmt_of.get((row, col), column_format.get(col, (spec.value_format, 0)))
             cells.append(format_number(p.value, p.error, fmt, exp) if p else "")
         for col in spec.columns:
             cells.append("" if row in quoted else (_cell_text(ours.get((row, col))) or "—"))

@@ -162,6 +162,8 @@ def _evaluate_untrained(job: RunJob, resolved: Any, registries: Any, echo: Echo)
     todo = _missing_evals(run, job, 0) if run.is_run() else list(enumerate(job.evals))
     status = "already-complete" if run.is_run() and not todo and run.summary() is not None else "evaluated"
     if todo or run.summary() is None:
+        if resolved.run.threads:  # as the trainer does: results must not depend on the caller's thread count
+            torch.set_num_threads(resolved.run.threads)
         seed_everything(resolved.run.seed)
         exp = build_experiment(resolved, device, job.data_root, registries=registries)
         if not run.is_run():
@@ -202,7 +204,6 @@ _WORKER_DEVICE: Optional[str] = None
 def _init_worker(devices: Any) -> None:
     global _WORKER_DEVICE
     _WORKER_DEVICE = devices.get() if devices is not None else None
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
 
 def _run_in_worker(job: RunJob) -> dict[str, Any]:
