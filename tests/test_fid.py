@@ -405,3 +405,18 @@ def test_coop_eval_fid_end_to_end(tiny_run, tmp_path, capsys):
     last = json.loads((tiny_run / "evaluations.jsonl").read_text().splitlines()[-1])
     assert last["label"] == "fid" and last["n_samples"] == 8
     assert len(list(tmp_path.glob("digits-fid-helper-*.npz"))) == 1
+
+
+def test_few_sample_frechet_distance_equals_the_full_computation():
+    """Fewer samples than feature dimensions: the N x N eigenvalue route gives the D x D result."""
+    import numpy as np
+
+    from coop_metrics.fid import feature_statistics, frechet_distance, frechet_distance_few_samples
+
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(400, 64)) @ rng.normal(size=(64, 64)) * 0.3 + 0.5
+    mu2, sigma2 = feature_statistics(ref)
+    for n in (2, 10, 63):
+        feats = rng.normal(size=(n, 64)) * 0.7
+        full = frechet_distance(*feature_statistics(feats), mu2, sigma2)
+        assert frechet_distance_few_samples(feats, mu2, sigma2) == pytest.approx(full, rel=1e-9)

@@ -86,6 +86,28 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     return float(np.linalg.svd(l2.T @ l1, compute_uv=False).sum())
 
 
+def frechet_distance_few_samples(features: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """The Frechet distance between the Gaussian fitted to `features` [N, D] and (mu2, sigma2),
+    exact and cheap when N < D (few samples, e.g. a smoke-scale evaluation).
+
+    With A the centred features divided by sqrt(N - 1), S1 = A^T A; the non-zero eigenvalues of
+    S1 S2 are those of the N x N matrix A S2 A^T (positive semi-definite), so
+    tr((S1 S2)^{1/2}) is the sum of the square roots of its eigenvalues: O(N D^2) instead of
+    factorising D x D matrices (seconds for D = 2048 on a CPU).  Same value as
+    `frechet_distance(*feature_statistics(features), mu2, sigma2)` to round-off."""
+    a = np.asarray(features, dtype=np.float64)
+    mu2, sigma2 = np.asarray(mu2, dtype=np.float64), np.asarray(sigma2, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] < 2 or sigma2.shape != (a.shape[1], a.shape[1]):
+        raise UsageError(f"Frechet distance: need features [N >= 2, D] and a D x D covariance; "
+                         f"got {a.shape} and {sigma2.shape}")
+    mu1 = a.mean(0)
+    a = (a - mu1) / math.sqrt(a.shape[0] - 1)
+    eig = np.linalg.eigvalsh(a @ sigma2 @ a.T)
+    cross = np.sqrt(np.clip(eig, 0.0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + (a * a).sum() + np.trace(sigma2) - 2.0 * cross)
+
+
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^{1/2}), in float64."""
     mu1, mu2 = np.asarray(mu1, dtype=np.float64), np.asarray(mu2, dtype=np.float64)
@@ -384,7 +406,10 @@ class FrechetInceptionDistance:
         backend = load_backend(o.backend, o.weights, context.device, context.progress)
         ref = reference_statistics(context, o, backend, "fid")
         feats, _ = sample_features(context, o, backend, "fid")
-        value = frechet_distance(*feature_statistics(feats), ref.mu, ref.sigma)
+        if len(feats) < feats.shape[1]:
+            value = frechet_distance_few_samples(feats, ref.mu, ref.sigma)  # few samples: the N x N route
+        else:
+            value = frechet_distance(*feature_statistics(feats), ref.mu, ref.sigma)
         n_ref = "?" if ref.count is None else ref.count
         return MetricResult(
             name=f"fid[{o.samples}]", value=value, n_samples=int(feats.shape[0]), higher_is_better=False,

@@ -23,9 +23,15 @@ Completion routes:
   triangle's zero fill), at the per-image per-channel mean of the observed pixels, or at
   uniform noise over the pixel range (option `init`).
 - any name of `classical_inpainting.CLASSICAL_METHODS` (MRF-l1/l2, inpaint_nans 0-5).
+- model: the trained objective's own ``inpaint(images, observed, generator)`` (e.g. the
+  multi-grid chain of multigrid Table 3, or its CD1/PCD/single-grid baselines with their own
+  samplers); `steps`, `step_size`, `noise` and `init` do not apply, the objective's settings do.
 
 The masks are drawn first, for all images, from the evaluation generator, so every route
-sees the same masks under the same seed and a table's columns are comparable.
+sees the same masks under the same seed.  A table compares routes that run in different
+runs (a trained model at its last iteration, classical methods in an evaluation-only run),
+whose evaluation generators differ: `mask_seed` draws the masks from their own generator
+seeded with it instead, so every row of the table is scored on the same holes.
 """
 from __future__ import annotations
 
@@ -44,6 +50,8 @@ from coopcore.masks import parse_mask_name
 from .parzen import DatasetRef
 
 LEARNED_ROUTES = ("generator", "descriptor")
+#: The route that calls the objective's own `inpaint(images, observed, generator)`.
+MODEL_ROUTE = "model"
 #: Step sizes when `step_size` is "none": the Langevin inference default of the CoopNets plugin
 #: (TPAMI eq. 15, delta = 0.1) and the paper's revision step (delta = 0.002).
 DEFAULT_STEP = {"generator": 0.1, "descriptor": 0.002}
@@ -132,9 +140,9 @@ def complete_classical(method: str, y: Tensor, mask: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------
 # The registered metric.
 def _check_route(instance: Any, attribute: Any, value: str) -> None:
-    if value not in LEARNED_ROUTES and value not in CLASSICAL_METHODS:
+    if value not in LEARNED_ROUTES and value not in CLASSICAL_METHODS and value != MODEL_ROUTE:
         raise ValueError(
-            f"'route' must be generator, descriptor or a classical method ({', '.join(CLASSICAL_METHODS)}); got {value!r}"
+            f"'route' must be generator, descriptor, model or a classical method ({', '.join(CLASSICAL_METHODS)}); got {value!r}"
         )
 
 
@@ -152,8 +160,11 @@ class InpaintingOptions:
     # Test images: the first `n_images` of this dataset, in the model's range.
     data: DatasetRef = DatasetRef(name="digits", options={"split": "test"})
     mask: str = attrs.field(default="M30", validator=_check_mask)
+    # Seed of a separate CPU generator for the masks (the same holes in every run and route);
+    # "none" = draw them from the evaluation generator.
+    mask_seed: Optional[int] = attrs.field(default=None, validator=attrs.validators.optional(non_negative))
     n_images: int = attrs.field(default=1000, validator=positive)
-    # generator | descriptor | mrf_l1 | mrf_l2 | inpaint_nans_0 .. inpaint_nans_5
+    # generator | descriptor | model (the objective's own inpaint) | mrf_l1 | mrf_l2 | inpaint_nans_0 .. inpaint_nans_5
     route: str = attrs.field(default="generator", validator=_check_route)
     # Langevin steps (TPAMI 4.6: 1000 for the generator's inference).
     steps: int = attrs.field(default=1000, validator=non_negative)
@@ -167,6 +178,10 @@ class InpaintingOptions:
     batch: int = attrs.field(default=100, validator=positive)
     # The data scale: [low, high]; the range high - low normalises error and PSNR.
     pixel_range: tuple[float, float] = (-1.0, 1.0)
+    # Clamp every completed image to pixel_range before scoring, as writing it out as an image
+    # would.  It matters for the methods that overshoot: TPAMI Table 5's inter-3 column (del^4
+    # least squares, values far outside the range on faces) is reproduced only with clipping.
+    clip: bool = False
 
     def __attrs_post_init__(self) -> None:
         if not self.pixel_range[0] < self.pixel_range[1]:
@@ -218,6 +233,19 @@ class Inpainting:
         done = [complete_classical(route, y, m) for y, m in self._batches(ctx, images, masks)]
         return torch.cat(done), f"classical {route} (numpy/scipy, float64, per channel)"
 
+    def _complete_model(self, ctx: EvalContext, images: Tensor, masks: Tensor) -> tuple[Tensor, str]:
+        """The objective's own completion (`inpaint(images, observed, generator)`, 1 = observed)."""
+        objective = ctx.objective
+        if not callable(getattr(objective, "inpaint", None)):
+            raise UsageError(f"inpainting route 'model' needs an objective with inpaint(images, observed, generator); "
+                             f"{type(objective).__name__} has none (use route = generator or descriptor)")
+        done = []
+        for y, m in self._batches(ctx, images, masks):
+            y, m = y.to(ctx.device), m.to(ctx.device)
+            out = objective.inpaint(y, m, ctx.generator)
+            done.append((m * y + (1.0 - m) * out.detach()).cpu())  # observed pixels exactly as given
+        return torch.cat(done), f"model: {type(objective).__name__}.inpaint (the objective's own sampler; torch)"
+
     def _complete_learned(self, ctx: EvalContext, images: Tensor, masks: Tensor) -> tuple[Tensor, str]:
         o = self.options
         model = self._model(ctx, o.route, tuple(images.shape[1:]))
@@ -244,14 +272,19 @@ class Inpainting:
     def compute(self, context: EvalContext) -> MetricResult:
         o = self.options
         images = self._images(context)
+        mask_generator = context.generator if o.mask_seed is None else torch.Generator().manual_seed(o.mask_seed)
         try:
-            masks = parse_mask_name(o.mask).make(images.shape[0], tuple(images.shape[1:]), context.generator)
+            masks = parse_mask_name(o.mask).make(images.shape[0], tuple(images.shape[1:]), mask_generator)
         except ValueError as exc:  # e.g. a square larger than the images
             raise UsageError(f"inpainting mask '{o.mask}' on {list(images.shape[1:])} images: {exc}") from None
         if o.route in CLASSICAL_METHODS:
             completed, backend = self._complete_classical(context, images, masks)
+        elif o.route == MODEL_ROUTE:
+            completed, backend = self._complete_model(context, images, masks)
         else:
             completed, backend = self._complete_learned(context, images, masks)
+        if o.clip:
+            completed = completed.clamp(o.pixel_range[0], o.pixel_range[1])
         r = o.pixel_range[1] - o.pixel_range[0]
         err = inpainting_error(images, completed, masks, r)
         psnr = inpainting_psnr(images, completed, masks, r)
@@ -269,10 +302,12 @@ class Inpainting:
                 "psnr_std_error": float(psnr.std() / math.sqrt(n)) if n > 1 else None,
                 "psnr_of_mean_mse": float(10.0 * np.log10(r**2 / pooled_mse)) if pooled_mse > 0 else float("inf"),
                 "mask": o.mask,
+                "mask_seed": o.mask_seed,
                 "missing_fraction": float((1.0 - masks).mean()),
                 "n_images": n,
                 "route": o.route,
                 "pixel_range": r,
+                "clipped": o.clip,
                 "normalisation": "error = mean |Y - Y^| / range, PSNR with MAX = range; missing pixels, per image, averaged",
             },
         )

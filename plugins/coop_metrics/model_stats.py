@@ -2,7 +2,8 @@
 
 - ``reconstruction_mse`` (triangle Table 2): per-pixel test MSE of G(mu_I(x)) against x.
 - ``energy_statistics`` (multigrid Table 1): mean and standard deviation of the descriptor's
-  score f(Y) on the training, test, synthesised and negative sets.
+  score f(Y) on the training, test, synthesised and negative sets, each down-scaled by block
+  means to the descriptor's grid.
 - ``inception_class_scores`` (TPAMI Fig. 7): average softmax probability of a target class and
   top-5 error of samples under the TF-Inception-2015-12-05 logits (the ``inception_score`` path).
 - ``pairwise_ssim`` (TPAMI Fig. 7): average SSIM between random pairs of samples (diversity).
@@ -20,6 +21,7 @@ from coopcore import EvalContext, MetricResult, UsageError, draw_samples, non_ne
 
 from . import fid as _fid
 from .parzen import DatasetRef
+from .probe import block_mean_to
 
 
 # ---------------------------------------------------------------------------------------
@@ -136,15 +138,31 @@ class EnergyStatisticsOptions:
     # Use the first N images of each dataset only (0 = all).
     limit: int = attrs.field(default=0, validator=non_negative)
     batch_size: int = attrs.field(default=100, validator=positive)
-    # Divide all reported scores by this (multigrid Table 1 shows x1e4, x1e5, x1e6).
+    # Divide all reported scores by this (multigrid Table 1 shows x1e4, x1e5, x1e6; a repro table
+    # keeps 1 and displays with the cell's `exponent`).
     scale: float = attrs.field(default=1.0, validator=positive)
     descriptor: str = "descriptor"
+    # "block_mean": images larger than the descriptor's input (one integer factor) are down-scaled
+    # to it by block means, multigrid Section 6 (grid1's statistics on the sets' 4x4 versions);
+    # "none": every set must already have the descriptor's input size.
+    downscale: Literal["block_mean", "none"] = "block_mean"
 
 
-def _scores(model: torch.nn.Module, batches, device: torch.device) -> np.ndarray:
+def _scores(model: torch.nn.Module, batches, device: torch.device, downscale: str = "none",
+            what: str = "images") -> np.ndarray:
+    """f(Y) of every image of `batches`, float64; with `downscale = "block_mean"` each batch is
+    first block-averaged to the model's input size (`model.input_shape`, when it has one)."""
+    target = tuple(getattr(model, "input_shape", ()) or ())
     out = []
     with torch.no_grad():
         for x in batches:
+            x = x.float()
+            if len(target) == 3 and tuple(x.shape[1:]) != target:
+                if downscale != "block_mean" or x.dim() != 4 or x.shape[1] != target[0]:
+                    hint = "" if downscale == "block_mean" else ' (downscale = "block_mean" would average them down)'
+                    raise UsageError(f"energy_statistics: the {what} are {list(x.shape[1:])} but the descriptor "
+                                     f"takes {list(target)}{hint}")
+                x = block_mean_to(x, target[1:])
             out.append(model.score(x.to(device)).double().cpu())
     return torch.cat(out).numpy()
 
@@ -154,7 +172,10 @@ class EnergyStatistics:
 
     `value` = mean score of the synthesised samples / `scale`; `details.sets` holds, per set
     computed, mean, sd (population sd, ddof 0) and count, raw and divided by `scale`.  Sets whose
-    dataset is not given (test, negatives) are listed in `details.omitted`.  The descriptor is used
+    dataset is not given (test, negatives) are listed in `details.omitted`.  Every set is scored at
+    the descriptor's own input size: larger images are block-averaged down to it (`downscale`), so
+    one run's grid1, grid2 and grid3 descriptors are each scored on their grid's versions of the
+    same images, as multigrid Table 1 reports them.  The descriptor is used
     in whatever mode (train/eval) the caller left it; a batch-norm descriptor in train mode scores
     with batch statistics, as the multigrid code does.
     """
@@ -175,7 +196,7 @@ class EnergyStatistics:
         if o.include_train:
             ds = _dataset(context, o.train, self.name, "train", allow_train=True)
             raw["train"] = _scores(model, _batches(ds, _count(ds, o.limit, self.name, "train"), o.batch_size),
-                                   context.device)
+                                   context.device, o.downscale, "train images")
             sources["train"] = getattr(ds, "name", "train")
         for what, ref in (("test", o.test), ("negatives", o.negatives)):
             if ref is None:
@@ -183,7 +204,7 @@ class EnergyStatistics:
                 continue
             ds = _dataset(context, ref, self.name, what)
             raw[what] = _scores(model, _batches(ds, _count(ds, o.limit, self.name, what), o.batch_size),
-                                context.device)
+                                context.device, o.downscale, f"{what} images")
             sources[what] = {"name": ref.name, "options": dict(ref.options)}
         context.progress(f"{self.name}: drawing {o.n_samples} '{o.samples}' samples")
 
@@ -194,7 +215,7 @@ class EnergyStatistics:
                 yield draw_samples(context.objective, o.samples, k, context.generator, batch=k)
                 remaining -= k
 
-        raw["synthesised"] = _scores(model, synth(), context.device)
+        raw["synthesised"] = _scores(model, synth(), context.device, o.downscale, f"'{o.samples}' samples")
         sources["synthesised"] = o.samples
         sets = {}
         for what, s in raw.items():
@@ -205,8 +226,10 @@ class EnergyStatistics:
         return MetricResult(
             name=f"energy_statistics[{o.samples}]", value=syn["mean"],
             std_error=syn["sd"] / math.sqrt(syn["count"]), n_samples=syn["count"],
-            backend=f"descriptor score f(Y) ('{o.descriptor}'), float64 statistics, divided by {o.scale:g}",
-            details={"sets": sets, "omitted": omitted, "sources": sources, "scale": o.scale,
+            backend=(f"descriptor score f(Y) ('{o.descriptor}'), "
+                     + ("sets block-averaged to its input size, " if o.downscale == "block_mean" else "")
+                     + f"float64 statistics, divided by {o.scale:g}"),
+            details={"sets": sets, "omitted": omitted, "sources": sources, "scale": o.scale, "downscale": o.downscale,
                      "display": {k: f"{v['mean']:.4g} ± {v['sd']:.4g}" for k, v in sets.items()}},
         )
 
