@@ -9,6 +9,17 @@
 - `AlgorithmG`: Algorithm 2, alternating back-propagation for the generator alone, with one
   persistent latent vector per training example.
 
+Two optional sampler roles of `CoopNets` (absent = the plain algorithm):
+
+- ``revision_late``: the D1 sampler from iteration `late_revision_from` on.  TPAMI 4.5, CelebA:
+  "we disable the noise term in the Langevin revision dynamics in the second half of the
+  learning algorithm": configure it as the revision sampler with ``noise = false`` and set
+  `late_revision_from` to half of ``run.iterations``.
+- ``evaluation``: the revision sampler of `samples()` (sample grids and every metric that draws
+  "revised" samples), e.g. the 8 Langevin steps on g(X) of the CIFAR-10 evaluation in the
+  authors' PyTorch port, when it differs from training's l_p.  Without it, `samples()` uses the
+  sampler training uses at that point.
+
 Losses follow the authors' code: descriptor mean f(syn) - mean f(obs) (minimised, the
 negative of eq. 8's ascent direction; `coopcore.contrastive_update`); generator sum over
 pixels of the batch mean of (Y~ - g(X))^2 / (2 sigma^2) (eq. 16 as a loss), or, with
@@ -24,7 +35,7 @@ import torch
 from torch import Tensor
 
 from coopcore import (
-    Batch, Parts, StepResult, contrastive_update, generator_log_joint, grad_norm, non_negative, positive,
+    Batch, Parts, StepResult, UsageError, contrastive_update, generator_log_joint, grad_norm, non_negative, positive,
 )
 
 
@@ -58,6 +69,9 @@ class CoopNetsOptions:
     # the image code); "mean" = the mean over all elements, / (2 sigma^2) (the spatial-temporal
     # code, Table 6, with sigma = 1).  They differ by the factor pixels-per-example.
     generator_loss: Literal["sum", "mean"] = "sum"
+    # Iteration (counted from 0) from which D1 runs the "revision_late" sampler instead of
+    # "revision" (TPAMI 4.5: Langevin noise off in the second half of training for CelebA); 0 = never.
+    late_revision_from: int = attrs.field(default=0, validator=non_negative)
 
 
 class CoopNets:
@@ -90,6 +104,22 @@ class CoopNets:
         # l_q > 0 (the right diagram of eq. 17) is switched on by configuring a sampler in the
         # "inference" role; l_q is that sampler's n_steps.  Without one, X = X^ (l_q = 0).
         self.inference = parts.samplers.get("inference")
+        # Optional: the D1 sampler from `late_revision_from` on, and the sampler of samples().
+        self.revision_late = parts.samplers.get("revision_late")
+        self.evaluation = parts.samplers.get("evaluation")
+        if (options.late_revision_from > 0) != (self.revision_late is not None):
+            raise UsageError(
+                "objective.options.late_revision_from and [samplers.revision_late] go together: set "
+                "late_revision_from > 0 (the iteration of the switch) and configure samplers.revision_late "
+                "(e.g. the revision sampler with noise = false), or neither"
+            )
+        # Iterations taken so far: decides when the late sampler takes over; checkpointed.
+        self.iteration = 0
+
+    def current_revision(self):
+        """The D1 sampler in force at this iteration (see `late_revision_from`)."""
+        late = self.revision_late is not None and self.iteration >= self.options.late_revision_from
+        return self.revision_late if late else self.revision
 
     def _log_p(self, y: Tensor) -> Tensor:
         return -self.descriptor.energy(y)
@@ -107,7 +137,8 @@ class CoopNets:
         o = self.options
         n = o.n_chains or batch.x.shape[0]
         z, y_init = self.generate(n, generator)  # G0
-        revised = self.revision.run(self._log_p, y_init, generator)  # D1
+        revised = self.current_revision().run(self._log_p, y_init, generator)  # D1
+        self.iteration += 1
         y_syn = revised.samples
         if self.inference is not None and self.inference.n_steps > 0:  # G1, right diagram of eq. 17
             log_q = generator_log_joint(self.generator, y_syn, self.generator.sigma)
@@ -142,14 +173,15 @@ class CoopNets:
 
     def samples(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
         _, y_init = self.generate(n, generator)
-        revised = self.revision.run(self._log_p, y_init, generator)
+        sampler = self.evaluation if self.evaluation is not None else self.current_revision()
+        revised = sampler.run(self._log_p, y_init, generator)
         return {"generator": y_init, "revised": revised.samples.detach()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        return {"iteration": self.iteration}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        return None
+        self.iteration = int(state.get("iteration", 0))
 
 
 # ---------------------------------------------------------------------------------------

@@ -7,9 +7,19 @@ Where the images are looked for (the first folder that directly holds images win
 
 Order and split: files in sorted (natural) order, i.e. by image number.  ``test`` is the last
 ``test_size`` images (default 1,000), ``train`` the ones before them, ``all`` everything; with
-10,000 images this is the 9,000 / 1,000 split of the divergence-triangle paper (Section 5.1).
+10,000 images this is the 9,000 / 1,000 split of the divergence-triangle paper (Section 4.1.1).
 CelebA's official partition file is not used (the papers draw random subsets).  ``limit``
 keeps the first ``limit`` images of the split.
+
+Random, seeded subsets (the divergence-triangle paper "randomly select[s] 9,000 images for
+training and another 1,000 images for testing", and learns from "10,000 images randomly chosen"
+in Section 4.4): ``split_seed`` replaces the sorted order by a random permutation of the sorted
+file list drawn from numpy's PCG64 generator seeded with ``split_seed`` (the same files on any
+machine for the same folder), and ``subset`` keeps the first ``subset`` files of that order
+before the split, so ``subset = 10000, test_size = 1000, split_seed = 0`` gives 9,000 training
+and 1,000 held-out faces drawn at random from however many images the folder holds, with the
+train and test splits disjoint for the same seed.  A folder with fewer than ``subset`` images
+is an error (the table's protocol would silently change otherwise).
 
 Crop (``crop = "center"``): a centred ``crop_size`` x ``crop_size`` square, then a bilinear
 resize to ``size``.  The papers only say "cropped at the center" (multigrid Section 5.1) or
@@ -56,8 +66,12 @@ class CelebaOptions:
     crop_size: int = attrs.field(default=108, validator=positive)
     limit: int = attrs.field(default=0, validator=non_negative)
     scaling: Scaling = attrs.field(default="minmax", validator=one_of(*SCALINGS))
-    # Held-out images: the last `test_size` after sorting.
+    # Held-out images: the last `test_size` of the (sorted or shuffled) subset.
     test_size: int = attrs.field(default=1000, validator=non_negative)
+    # Images drawn from the folder before the train/test split (0 = all of them).
+    subset: int = attrs.field(default=0, validator=non_negative)
+    # Seed of the random order the subset and the split are taken from; "none" = sorted order.
+    split_seed: Optional[int] = attrs.field(default=None, validator=attrs.validators.optional(non_negative))
 
 
 def find_celeba_folder(root: Path) -> Optional[Path]:
@@ -86,6 +100,18 @@ def process_face(path: Path, size: int, crop: str, crop_size: int) -> np.ndarray
     return to_chw(resize(img, size, box))
 
 
+def select_files(files: list[Path], subset: int, split_seed: Optional[int], where: Path) -> list[Path]:
+    """The files the splits are taken from: the sorted list, or its permutation by `split_seed`
+    (numpy PCG64), cut to the first `subset` (0 = all).  Too few files is a `UsageError`."""
+    if subset > len(files):
+        raise UsageError(f"'data.options.subset' = {subset} asks for more images than {where} holds "
+                         f"({len(files)}): use a folder with at least {subset} images or a smaller subset")
+    if split_seed is not None:
+        order = np.random.default_rng(split_seed).permutation(len(files))
+        files = [files[i] for i in order]
+    return files[:subset] if subset else files
+
+
 def split_files(files: list[Path], split: str, test_size: int, where: Path) -> list[Path]:
     if split == "all":
         return files
@@ -102,7 +128,8 @@ def celeba_dataset(options: CelebaOptions, root: Optional[Path] = None) -> Uint8
     folder = find_celeba_folder(root)
     if folder is None:
         raise UsageError(f"CelebA images not found under {root}: {describe(root)}. Expected {LAYOUT}.")
-    files = split_files(list_images(folder), options.split, options.test_size, folder)
+    files = select_files(list_images(folder), options.subset, options.split_seed, folder)
+    files = split_files(files, options.split, options.test_size, folder)
     if options.limit:
         files = files[: options.limit]
     if not files:

@@ -17,6 +17,10 @@ Choices where the papers are silent or where we depart from StyleGAN2-ADA's code
   takes a separate optimiser step for it and therefore rescales Adam's lr and betas by
   k / (k + 1).  Same expected gradient; no rescaling is needed here.
 - The same real batch serves every D update of an iteration (d_steps > 1).
+- WGAN with weight clipping (Arjovsky et al. 2017, Algorithm 1): `weight_clip = c` clamps every
+  discriminator parameter to [-c, c] right after each discriminator step (the paper: c = 0.01,
+  RMSprop lr 5e-5, n_critic = `d_steps` = 5).  It clamps *every* parameter, biases and any
+  normalisation weights included, as the authors' code does; None (the default) = no clipping.
 - EMA on by default with StyleGAN2-ADA's `cifar` settings (half-life 500k images, ramp-up
   0.05), since CoopInit's base config uses it; `g_ema_kimg = 0` turns it off.  `samples()`
   draws "generator" from the average (and "generator_raw" from the trained network).
@@ -35,6 +39,12 @@ from .ema import GeneratorEMA, ema_beta
 from .losses import d_loss, g_loss, gradient_penalty, lazy_r1_penalty
 
 LOSSES = ("ns", "hinge", "wgan", "wgan_gp")
+
+
+def _optional_positive(instance: Any, attribute: attrs.Attribute, value: Optional[float]) -> None:
+    """Validator: > 0 or none."""
+    if value is not None and not value > 0:
+        raise ValueError(f"'{attribute.name}' must be > 0 or \"none\" (no clipping), got {value!r}")
 
 
 def _optional_non_negative(instance: Any, attribute: attrs.Attribute, value: Optional[float]) -> None:
@@ -73,6 +83,9 @@ class GanOptions(EmaOptions):
     r1_interval: int = attrs.field(default=1, validator=positive)
     # Discriminator updates per generator update (WGAN papers use 5; StyleGAN2 1).
     d_steps: int = attrs.field(default=1, validator=positive)
+    # WGAN weight clipping: after every discriminator step each of its parameters is clamped to
+    # [-weight_clip, weight_clip] (Arjovsky et al.: 0.01); "none" = off.
+    weight_clip: Optional[float] = attrs.field(default=None, validator=_optional_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.loss == "wgan_gp" and self.gp_lambda == 0:
@@ -89,6 +102,14 @@ class GanOptions(EmaOptions):
     def base_loss(self) -> str:
         """The loss function without the penalty ("wgan_gp" is "wgan" + gradient penalty)."""
         return "wgan" if self.loss == "wgan_gp" else self.loss
+
+
+def clip_parameters(module: nn.Module, c: float) -> None:
+    """Clamp every parameter of `module` to [-c, c] in place (WGAN's Lipschitz constraint by
+    weight clipping, Arjovsky et al. 2017, Algorithm 1 line 8)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.clamp_(-c, c)
 
 
 class frozen_parameters:
@@ -146,6 +167,8 @@ class Adversarial:
         self.opt_d.zero_grad(set_to_none=True)
         (loss + gp + r1).backward()
         self.opt_d.step()
+        if o.weight_clip is not None:
+            clip_parameters(self.descriptor, o.weight_clip)
         self.d_updates += 1
         return {"loss_d": loss.detach(), "d_real": d_real.detach(), "d_fake": d_fake.detach(),
                 "gp": gp.detach(), "r1": r1.detach()}

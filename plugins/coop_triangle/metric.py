@@ -36,7 +36,8 @@ class RecoveryError:
     def compute(self, context: EvalContext) -> MetricResult:
         obj = context.objective
         if not hasattr(obj, "recovery_error_on"):
-            raise UsageError(f"{self.name} needs the 'triangle' objective trained with objective.options.occlusion; "
+            raise UsageError(f"{self.name} needs the 'triangle' or 'abp' objective trained with "
+                             "objective.options.occlusion; "
                              f"this run's objective is {type(obj).__name__}")
         if context.train_dataset is None:
             raise UsageError(f"{self.name} needs the run's training dataset (the ground truth of the holes)")
@@ -51,5 +52,5 @@ class RecoveryError:
             std_error=float(valid.std() / math.sqrt(n)) if n > 1 else None,
             backend=f"per-image mean |diff| / {o.pixel_range:g} on the occluded pixels (float64)",
             details={"occlusion": o.occlusion, "occlusion_seed": o.occlusion_seed, "source": self.options.source,
-                     "pixel_range": o.pixel_range, "impute_with": o.impute_with},
+                     "pixel_range": o.pixel_range, "impute_with": getattr(o, "impute_with", "generator(latents)")},
         )

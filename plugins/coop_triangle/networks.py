@@ -40,7 +40,8 @@ Choices where the tables are silent or inconsistent (all options):
   beta 0 (`init_std`).
 - The EBM's network output is the energy E(x) (the public code's `energy_form = identity`);
   its score is f(x) = -E(x) with a flat reference (reference_std None), so `energy(x)`
-  returns the network output.
+  returns the network output.  `reference_std = s` adds TPAMI's Gaussian reference
+  ||x||^2 / (2 s^2) to the energy, for the network used as a CoopNets descriptor.
 - Generator `sigma`: the triangle loss uses sum ||x - G(z)||^2 (no 1/(2 sigma^2) factor), a
   Gaussian observation model with 2 sigma^2 = 1, so sigma defaults to sqrt(1/2).  The
   `triangle` objective reads it only with `recon_weight = "sigma"`.
@@ -48,7 +49,7 @@ Choices where the tables are silent or inconsistent (all options):
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, Optional
 
 import attrs
 from torch import Tensor, nn
@@ -235,17 +236,29 @@ class TriangleEncoder(nn.Module):
         return self.mu(h).flatten(1), self.logvar(h).flatten(1)
 
 
+def _optional_positive(instance: object, attribute: attrs.Attribute, value: Optional[float]) -> None:
+    """Validator: > 0 or none."""
+    if value is not None and not value > 0:
+        raise ValueError(f"'{attribute.name}' must be > 0 or \"none\" (a flat reference), got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class TriangleEBMOptions(_BottomUpOptions):
     """Divergence-triangle energy-based model; defaults = Table 6 (MNIST 28x28)."""
 
+    # Gaussian reference N(0, s^2 I) of the energy, E(x) = ||x||^2 / (2 s^2) + network output;
+    # "none" = flat (the triangle's model).  Set when the network serves as a CoopNets
+    # descriptor (TPAMI eq. 4; the baseline rows of the triangle's Table 1).
+    reference_std: Optional[float] = attrs.field(default=None, validator=_optional_positive)
+
 
 class TriangleEBM(EnergyModelBase):
-    """Energy-based model pi_alpha(x) ~ exp(-E(x)) (Tables 4-6); score f = -E, flat reference."""
+    """Energy-based model pi_alpha(x) ~ exp(-E(x)) (Tables 4-6); score f = -E, flat reference
+    unless `reference_std` is set."""
 
     def __init__(self, options: TriangleEBMOptions = TriangleEBMOptions()) -> None:
         o = options
-        super().__init__((o.in_channels, o.input_size, o.input_size), None)
+        super().__init__((o.in_channels, o.input_size, o.input_size), o.reference_std)
         self.options = o
         self.features, c, size = _bottom_up(o)
         self.head = _head(c, 1, size, o)

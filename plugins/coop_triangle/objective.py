@@ -357,24 +357,19 @@ class Triangle:
         trained on; it supplies the ground truth).  With `refresh`, the holes are first filled
         by one more reconstruction from the final models (without training and without
         changing the stored imputations).  Returns (mean error, per-image errors)."""
-        from .occlusion import recovery_error_per_image
+        from .occlusion import recovery_error_over
 
         occ = self._require_occlusion()
-        if len(dataset) != occ.n:
-            raise UsageError(f"recovery error: the dataset has {len(dataset)} examples, the run trained on {occ.n}")
-        per_image = []
-        for start in range(0, occ.n, batch_size):
-            index = torch.arange(start, min(start + batch_size, occ.n))
-            truth = dataset.get_batch(index).to(occ.device)
-            idx = index.to(occ.device)
-            recovered = occ.compose(truth, idx)
-            if refresh:
-                g = generator if generator is not None else torch.Generator(device=occ.device).manual_seed(0)
-                recovered = torch.where(occ.masks[idx], truth, self.impute(recovered, g))
-            per_image.append(recovery_error_per_image(truth, recovered, occ.masks[idx], self.options.pixel_range).cpu())
-        errors = torch.cat(per_image)
-        valid = errors[~torch.isnan(errors)]
-        return (valid.mean() if valid.numel() else torch.zeros((), dtype=torch.float64)), errors
+        refill = None
+        if refresh:
+            g = generator if generator is not None else torch.Generator(device=occ.device).manual_seed(0)
+
+            def refill(recovered: Tensor, index: Tensor) -> Tensor:
+                return self.impute(recovered, g)
+        try:
+            return recovery_error_over(occ, dataset, self.options.pixel_range, batch_size, refill)
+        except ValueError as exc:
+            raise UsageError(f"recovery error: {exc}") from None
 
     def _require_occlusion(self) -> OcclusionState:
         if self.occlusion is None:

@@ -19,7 +19,7 @@ image and the ground truth on the occluded pixels, relative to the range of pixe
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -155,3 +155,28 @@ class OcclusionState:
             )
         self._masks = masks.to(self.device, torch.bool).clone()
         self._imputed = imputed.to(self.device, torch.float32).clone()
+
+
+def recovery_error_over(occ: OcclusionState, dataset: Any, pixel_range: float, batch_size: int = 500,
+                        refill: Optional[Callable[[Tensor, Tensor], Tensor]] = None) -> tuple[Tensor, Tensor]:
+    """Table 3's recovery error over a whole training set (`dataset` supplies the ground truth and
+    must be the set the masks were drawn for).
+
+    The recovered images are the observed pixels plus the stored imputations; with `refill`,
+    the holes are first filled by ``refill(recovered, index)`` (e.g. one more reconstruction from
+    the final models), without changing the stored imputations.  Returns (mean over the images
+    that have occluded pixels, per-image errors with NaN for images without any)."""
+    if len(dataset) != occ.n:
+        raise ValueError(f"the dataset has {len(dataset)} examples, the run trained on {occ.n}")
+    per_image = []
+    for start in range(0, occ.n, batch_size):
+        index = torch.arange(start, min(start + batch_size, occ.n))
+        truth = dataset.get_batch(index).to(occ.device)
+        idx = index.to(occ.device)
+        recovered = occ.compose(truth, idx)
+        if refill is not None:
+            recovered = torch.where(occ.masks[idx], truth, refill(recovered, idx).to(recovered.dtype))
+        per_image.append(recovery_error_per_image(truth, recovered, occ.masks[idx], pixel_range).cpu())
+    errors = torch.cat(per_image)
+    valid = errors[~torch.isnan(errors)]
+    return (valid.mean() if valid.numel() else torch.zeros((), dtype=torch.float64)), errors

@@ -1,11 +1,13 @@
 """Entry point of the divergence-triangle plugin: the networks of Tables 4-6 (one configurable
 class per role, the tables as presets), the `triangle` objective (Algorithm 1, with learning
-from occluded images) and the Table 3 recovery-error metric."""
+from occluded images), the `abp` and `vae_incomplete` baselines of Table 3, the Table 3 recovery-error metric and the
+table specs under tables/."""
 from __future__ import annotations
 
 from coopcore import hookimpl, preset_options
 from coopcore.repro import register_table_files
 
+from .abp import Abp, AbpOptions
 from .metric import RecoveryError, RecoveryErrorOptions
 from .networks import (
     TriangleEBM,
@@ -17,6 +19,8 @@ from .networks import (
 )
 from .objective import Triangle, TriangleOptions
 from .presets import EBMS, ENCODERS, GENERATORS
+from .vae_incomplete import VaeIncomplete, VaeIncompleteOptions
+from .vae import Vae, VaeOptions
 
 
 def _camel(name: str) -> str:
@@ -53,6 +57,14 @@ def coop_register_objectives(registry) -> None:
     registry.add("triangle", Triangle, TriangleOptions,
                  "Divergence triangle, Han et al. Algorithm 1 (EBM + generator + inference model, no MCMC; "
                  "optional occluded training data, Section 4.4)")
+    registry.add("abp", Abp, AbpOptions,
+                 "Alternating back-propagation (Algorithm G) learning from occluded images: inference and "
+                 "learning on the observed pixels (divergence triangle Table 3's ABP row)")
+    registry.add("vae_incomplete", VaeIncomplete, VaeIncompleteOptions,
+                 "VAE learning from occluded images: ELBO on the observed pixels, holes refilled with g(mu(x)) "
+                 "(divergence triangle Table 3's VAE row)")
+    registry.add("vae", Vae, VaeOptions,
+                 "Variational auto-encoder (Kingma & Welling): Gaussian decoder (generator) and encoder, negative ELBO")
 
 
 @hookimpl
