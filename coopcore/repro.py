@@ -12,6 +12,7 @@ import concurrent.futures as futures
 import dataclasses
 import json
 import multiprocessing
+import os
 import platform
 import shutil
 import time
@@ -59,12 +60,15 @@ class RunJob:
 
 def _job(planned: PlannedRun, run_dir: Path, *, seed: Optional[int], device: Optional[str], data_root: Optional[str],
          extra_overrides: Iterable[str], progress: Optional[bool]) -> RunJob:
-    root = data_root
+    root = str(Path(data_root).expanduser().resolve()) if data_root else None
     if planned.data_root:
-        base = Path(data_root) if data_root else Path(".")
+        base = Path(root) if root else Path(".").resolve()
         root = str(Path(planned.data_root) if Path(planned.data_root).is_absolute() else base / planned.data_root)
+    recipe = planned.recipe
+    if Path(recipe).suffix in (".toml", ".json") or Path(recipe).is_dir():  # a path, not a packaged name
+        recipe = str(Path(recipe).expanduser().resolve())
     return RunJob(
-        run_id=planned.id, dir=str(run_dir), recipe=planned.recipe,
+        run_id=planned.id, dir=str(Path(run_dir).resolve()), recipe=recipe,
         overrides=tuple(planned.overrides) + tuple(extra_overrides), train=planned.train,
         evals=tuple((e.label or e.name, e.name, dict(e.options)) for e in planned.evals),
         seed=seed, device=device, data_root=root, progress=progress,
@@ -252,6 +256,7 @@ def _dispatch_submitit(jobs: list[RunJob], launcher: Launcher, folder: Path, ech
         import submitit
     except ImportError:
         raise UsageError("--launcher needs submitit: pip install submitit (or pip install 'coopnets[cluster]')") from None
+    folder = Path(folder).resolve()
     executor = submitit.AutoExecutor(folder=str(folder), cluster=launcher.submitit)
     params: dict[str, Any] = {"timeout_min": launcher.slurm_time_min, "name": "coop-repro"}
     if launcher.submitit == "slurm":
@@ -260,11 +265,20 @@ def _dispatch_submitit(jobs: list[RunJob], launcher: Launcher, folder: Path, ech
             params["slurm_partition"] = launcher.slurm_partition
     executor.update_parameters(**params)
     submitted = []
-    for job in jobs:
-        if launcher.devices:
-            job = dataclasses.replace(job, device=launcher.devices[len(submitted) % len(launcher.devices)])
-        submitted.append((job, executor.submit(execute_run, job)))
-        echo(f"submitted run '{job.run_id}' ({launcher.submitit} job {submitted[-1][1].job_id})")
+    folder.mkdir(parents=True, exist_ok=True)
+    # Jobs start in the directory they were submitted from, and `python -m` puts it first on
+    # sys.path: from a source checkout that would import its coopcore/ instead of the installed
+    # package.  Submitting from the (absolute) log folder avoids that; every path in a job is absolute.
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        for job in jobs:
+            if launcher.devices:
+                job = dataclasses.replace(job, device=launcher.devices[len(submitted) % len(launcher.devices)])
+            submitted.append((job, executor.submit(execute_run, job)))
+            echo(f"submitted run '{job.run_id}' ({launcher.submitit} job {submitted[-1][1].job_id})")
+    finally:
+        os.chdir(here)
     out = {}
     for job, handle in submitted:
         try:
