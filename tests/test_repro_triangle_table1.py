@@ -169,7 +169,7 @@ def test_table_specs_register_with_their_scales():
 
 BASELINES = {f"triangle-{d}-{m}": obj for d in ("cifar", "celeba")
              for m, obj in (("coopnets", "coopnets"), ("dcgan", "gan"), ("wgan", "gan"), ("vae", "vae"))}
-BASELINES.update({"triangle-celeba-occluded-abp": "abp", "triangle-celeba-occluded-vae": "vae_incomplete"})
+BASELINES.update({"triangle-celeba-occluded-abp": "abp", "triangle-celeba-occluded-vae": "vae"})
 
 
 @pytest.mark.parametrize("name", sorted(BASELINES))

@@ -1,9 +1,10 @@
-"""Divergence triangle Table 3 (learning from occluded images): the `abp` and `vae_incomplete`
-baseline objectives (Algorithm G / a VAE on the observed pixels) and `coop repro triangle:table3
---scale smoke` end to end, pinned by golden numbers."""
+"""Divergence triangle Table 3 (learning from occluded images): the `abp` baseline and the `vae`
+objective with an occlusion (Algorithm G / a VAE on the observed pixels) and `coop repro
+triangle:table3 --scale smoke` end to end, pinned by golden numbers."""
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 import pytest
 import torch
@@ -114,11 +115,11 @@ def test_golden_repro_triangle_table3_smoke(tmp_path, num_regression):
     num_regression.check(values, **TABLE_TOL)
 
 
-def _vae(occlusion: str = "B4", n: int = 6, seed: int = 0):
+def _vae(occlusion: Optional[str] = "B4", n: int = 6, seed: int = 0):
     from coop_triangle.networks import (
         TriangleEncoder, TriangleEncoderOptions, TriangleGenerator, TriangleGeneratorOptions,
     )
-    from coop_triangle.vae_incomplete import VaeIncomplete, VaeIncompleteOptions
+    from coop_triangle.vae import Vae, VaeOptions
 
     torch.manual_seed(seed)
     gen = TriangleGenerator(TriangleGeneratorOptions(latent_dim=4, out_channels=1, channels=(8, 4), sizes=(2, 4, 8),
@@ -129,10 +130,24 @@ def _vae(occlusion: str = "B4", n: int = 6, seed: int = 0):
                   optimizers={"generator": torch.optim.Adam(gen.parameters(), lr=1e-3),
                               "encoder": torch.optim.Adam(enc.parameters(), lr=1e-3)},
                   n_train=n, device=torch.device("cpu"), data_shape=(1, 8, 8))
-    return VaeIncomplete(VaeIncompleteOptions(occlusion=occlusion, occlusion_seed=3), parts)
+    return Vae(VaeOptions(occlusion=occlusion, occlusion_seed=3), parts)
 
 
-def test_vae_incomplete_learns_from_observed_pixels_and_refills_the_holes():
+def test_vae_without_occlusion_has_no_occlusion_state():
+    """`vae` on complete images (occlusion "none") keeps no per-example state, refuses an
+    occluded checkpoint's state and has no recovery error to measure."""
+    from coopcore import UsageError
+
+    obj = _vae(occlusion=None)
+    assert obj.occlusion is None and obj.state_dict() == {}
+    obj.load_state_dict({})
+    with pytest.raises(UsageError, match="occlusion"):
+        obj.load_state_dict(_vae().state_dict())
+    with pytest.raises(UsageError, match="complete images"):
+        obj.recovery_error_on([])
+
+
+def test_occluded_vae_learns_from_observed_pixels_and_refills_the_holes():
     """The ELBO's reconstruction runs over the observed pixels and the encoder sees the completed
     images, so the ground truth of the holes never matters; after a step the holes hold
     g(mu(x_c)) of the updated networks; the first step's loss is the masked ELBO by hand."""

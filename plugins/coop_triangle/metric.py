@@ -36,7 +36,7 @@ class RecoveryError:
     def compute(self, context: EvalContext) -> MetricResult:
         obj = context.objective
         if not hasattr(obj, "recovery_error_on"):
-            raise UsageError(f"{self.name} needs the 'triangle' or 'abp' objective trained with "
+            raise UsageError(f"{self.name} needs the 'triangle', 'abp' or 'vae' objective trained with "
                              "objective.options.occlusion; "
                              f"this run's objective is {type(obj).__name__}")
         if context.train_dataset is None:
