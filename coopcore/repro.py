@@ -369,10 +369,13 @@ def _shared_run(p: PlannedRun, scale: str, root: Path, registries: Any, echo: Ec
     if p.used_table not in registries.table:
         raise UsageError(f"run '{p.id}' uses table '{p.used_table}', which is not registered")
     other: TableSpec = registries.table.create(p.used_table)
-    theirs = {q.id: q for q in plan_runs(other, scale)}
-    if p.used_run not in theirs or theirs[p.used_run].use:
-        raise UsageError(f"run '{p.id}': table {other.key} has no run '{p.used_run}' of its own at scale '{scale}'")
+    theirs = {q.id: q for q in plan_runs(other, scale)} if scale in other.scales else {}
     run_dir = table_out_dir(other, scale, root) / "runs" / p.used_run
+    if p.used_run not in theirs or theirs[p.used_run].use:
+        # Only the cells that need it go missing; the rest of the table still runs.
+        error = f"table {other.key} has no run '{p.used_run}' of its own at scale '{scale}'"
+        echo(f"run '{p.id}' failed: {error}")
+        return run_dir, {"status": "failed", "dir": str(run_dir), "error": error}
     echo(f"run '{p.id}' is {other.key}'s run '{p.used_run}' ({run_dir})")
     record = execute_run(_job(theirs[p.used_run], run_dir, **common), echo)
     if record.get("status") != "failed":

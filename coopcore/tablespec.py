@@ -13,7 +13,7 @@ import itertools
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, Literal, Mapping, Optional, Union
 
 import attrs
 
@@ -22,6 +22,9 @@ from .errors import ConfigError, UsageError
 
 SCALES = ("smoke", "short", "full")
 Aggregate = Literal["single", "mean", "mean_sd", "mean_se"]
+# A sweep: a table of lists (every combination of the values) or a list of tables (exactly
+# these combinations, for values that vary together, e.g. a size and its iteration count).
+Sweep = Union[dict[str, tuple[Any, ...]], tuple[dict[str, Any], ...]]
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -51,7 +54,7 @@ class ScaleSpec:
 
     recipe: str = ""
     set: tuple[str, ...] = ()
-    sweep: Optional[dict[str, tuple[Any, ...]]] = None
+    sweep: Optional[Sweep] = None
     eval: Optional[tuple[EvalSpec, ...]] = None
     data_root: Optional[str] = None
     description: str = ""
@@ -64,7 +67,7 @@ class RunSpec:
     id: str
     recipe: str = ""
     set: tuple[str, ...] = ()
-    sweep: dict[str, tuple[Any, ...]] = attrs.field(factory=dict)
+    sweep: Sweep = attrs.field(factory=dict)
     train: bool = True
     use: str = ""
     data_root: str = ""
@@ -86,7 +89,7 @@ class CellSpec:
     aggregate: Aggregate = "single"
     format: str = ""
     exponent: int = 0
-    for_: dict[str, tuple[Any, ...]] = attrs.field(factory=dict)
+    for_: Sweep = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -194,14 +197,21 @@ def check_spec(spec: TableSpec, source: str) -> None:
                               f"table offers scale '{missing[0]}' (a scale is never filled from the full recipe)",
                               source)
         for s in spec.scales:
-            variables = _sweep(run, s)
+            sweep = _sweep(run, s)
+            variables = _variables(sweep)
+            if not isinstance(sweep, Mapping) and any(set(c) != set(variables) for c in sweep):
+                raise ConfigError(f"{where}.sweep", "every table of a list-of-tables sweep must set the same "
+                                  f"variables ({', '.join(variables)})", source)
             for name in _PLACEHOLDER.findall(run.id):
                 if name not in variables:
                     raise ConfigError(f"{where}.id", f"placeholder {{{name}}} is not a sweep variable at scale "
                                       f"'{s}' (sweep: {', '.join(variables) or 'none'})", source)
-            if variables and not set(variables) <= set(_PLACEHOLDER.findall(run.id)):
-                raise ConfigError(f"{where}.id", f"a swept run's id must hold every sweep variable "
-                                  f"({', '.join('{' + v + '}' for v in variables)})", source)
+    for s in spec.scales:
+        ids = [p.id for p in plan_runs(spec, s)]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ConfigError("runs", f"run id '{repeated[0]}' occurs more than once at scale '{s}': a swept run's "
+                              "id must tell its runs apart (hold the varying sweep variables)", source)
     for p in spec.published:
         if p.row not in spec.rows or p.column not in spec.columns:
             raise ConfigError("published", f"({p.row!r}, {p.column!r}) is not in the table's rows/columns", source)
@@ -252,14 +262,22 @@ def substitute(value: Any, variables: Mapping[str, Any]) -> Any:
     return value
 
 
-def _combinations(sweep: Mapping[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
+def _combinations(sweep: Sweep) -> list[dict[str, Any]]:
+    if not isinstance(sweep, Mapping):
+        return [dict(combination) for combination in sweep]
     names = list(sweep)
     return [dict(zip(names, values)) for values in itertools.product(*(sweep[n] for n in names))]
 
 
-def _sweep(run: RunSpec, scale: str) -> dict[str, tuple[Any, ...]]:
+def _variables(sweep: Sweep) -> list[str]:
+    if isinstance(sweep, Mapping):
+        return list(sweep)
+    return sorted({name for combination in sweep for name in combination})
+
+
+def _sweep(run: RunSpec, scale: str) -> Sweep:
     sc = run.scales.get(scale)
-    return dict(sc.sweep) if sc is not None and sc.sweep is not None else dict(run.sweep)
+    return sc.sweep if sc is not None and sc.sweep is not None else run.sweep
 
 
 @attrs.frozen

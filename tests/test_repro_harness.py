@@ -247,3 +247,44 @@ def test_list_shows_tables_scales_and_progress(tmp_path, capsys):
     run_dir.mkdir(parents=True)
     assert run_cli(["repro", "--list", "--out-root", tmp_path]) == 0
     assert "smoke: 0/1 runs done" in capsys.readouterr().out
+
+
+def test_list_of_tables_sweeps_tie_values_together_and_a_missing_shared_run_fails_alone(tmp_path):
+    runs = f"""
+[[runs]]
+id = "ours-s{{seed}}"
+recipe = "coopnets-digits"
+set = {_toml_list([*TINY, "run.seed={seed}", "run.iterations={iterations}", "eval=[" + PARZEN + "]"])}
+sweep = [{{ seed = 1, iterations = 2 }}, {{ seed = 2, iterations = 3 }}]
+[runs.scales.smoke]
+
+[[runs]]
+id = "elsewhere"
+use = "coopnets:table2/no-such-run"
+"""
+    cells = """
+[[cells]]
+row = "One seed"
+for = [{ col = "LL", field = "value" }, { col = "sigma", field = "details.sigma" }]
+column = "{col}"
+run = "ours-s2"
+metric = "ll"
+field = "{field}"
+
+[[cells]]
+row = "Ours"
+column = "LL"
+run = "elsewhere"
+metric = "ll"
+"""
+    spec = write_spec(tmp_path / "spec.toml", runs, cells)
+    out = tmp_path / "out"
+    assert run_cli(["repro", spec, "--out", out, "--no-progress"]) == 11
+    res = json.loads((out / "results.json").read_text())
+    assert {r: res["runs"][r]["iterations"] for r in ("ours-s1", "ours-s2")} == {"ours-s1": 2, "ours-s2": 3}
+    assert "has no run 'no-such-run'" in res["runs"]["elsewhere"]["error"]
+    cells = {(c["row"], c["column"]): c for c in res["cells"]}
+    last = _evals(out / "runs" / "ours-s2", "ll")[-1]
+    assert cells[("One seed", "LL")]["ours"] == last["value"]
+    assert cells[("One seed", "sigma")]["ours"] == last["details"]["sigma"]
+    assert cells[("Ours", "LL")]["status"] == "failed"
