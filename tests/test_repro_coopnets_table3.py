@@ -192,12 +192,19 @@ def test_golden_repro_table3_smoke(tmp_path, num_regression, monkeypatch):
     results = json.loads((out / "results.json").read_text())
     report = (out / "report.md").read_text()
     assert "| Descriptor in CoopNets (ours) | 35.42 |" in report  # the paper's number beside ours
-    assert results["failed"] == 0 and list(results["runs"]) == ["coopnets-celeba"]
+    baselines = {"dcgan": "DCGAN", "wgan": "W-GAN", "vae": "VAE"}
+    assert results["failed"] == 0
+    assert sorted(results["runs"]) == sorted(["coopnets-celeba"] + [f"{m}-celeba" for m in baselines])
     ok = {c["row"]: c for c in results["cells"] if c["status"] == "ok"}
-    assert set(ok) == {"Generator in CoopNets (ours)", "Descriptor in CoopNets (ours)"}
+    assert set(ok) == {"Generator in CoopNets (ours)", "Descriptor in CoopNets (ours)", *baselines.values()}
     assert all(c["column"] == "CelebA" and c["n_samples"] == [10] for c in ok.values())
     assert all("fid-helper" in c["backend"][0] for c in ok.values())
     config = json.loads((out / "runs" / "coopnets-celeba" / "config.json").read_text())
     assert config["objective"]["options"]["late_revision_from"] == 8 and config["run"]["iterations"] == 16
+    for method in baselines:  # the digits recipes, same data and length as the CoopNets smoke run
+        config = json.loads((out / "runs" / f"{method}-celeba" / "config.json").read_text())
+        assert config["run"]["name"] == f"{method}-digits" and config["run"]["iterations"] == 16
+        assert config["data"]["options"]["limit"] == 200 and config["data"]["batch_size"] == 20
     num_regression.check({"fid_descriptor": ok["Descriptor in CoopNets (ours)"]["ours"],
-                          "fid_generator": ok["Generator in CoopNets (ours)"]["ours"]}, **TABLE_TOL)
+                          "fid_generator": ok["Generator in CoopNets (ours)"]["ours"],
+                          **{f"fid_{m}": ok[row]["ours"] for m, row in baselines.items()}}, **TABLE_TOL)

@@ -3,7 +3,8 @@
 table's protocol needs (9,000 training / 1,000 held-out faces drawn at random).
 
 The smoke scale trains every computed row (Ours, VAE, CoopNet, DCGAN, WGAN) on the embedded
-digits; only Ours gets an FID at smoke (see the spec's notes).  `triangle_smoke_root` runs
+digits, and every computed CelebA row (Ours, VAE, DCGAN, WGAN on generator samples, CoopNet on
+its Langevin-revised samples) gets the same 8-sample FID at smoke (see the spec's notes).  `triangle_smoke_root` runs
 Table 1 once per test session into a shared folder, so Table 2's test (which reuses Table 1's
 runs through `use`) does not train them a second time.
 """
@@ -79,13 +80,21 @@ def test_golden_repro_triangle_table1_smoke(tmp_path_factory, num_regression):
     # the IS column needs torch-fidelity's weights: no IS at smoke, the cells say why
     assert cells[("Ours", "CIFAR-10 (IS)")]["status"] == "missing"
     assert "is_generator" in cells[("Ours", "CIFAR-10 (IS)")]["reason"]
-    # baselines are trained at smoke but not scored (their CIFAR runs do not exist at smoke)
-    assert cells[("DCGAN", "CelebA (FID)")]["status"] == "missing"
+    # every computed baseline gets Ours' FID at smoke: same sample count, same reference (the
+    # CoopNet row on its Langevin-revised samples); their CIFAR runs do not exist at smoke
+    baselines = {"VAE": "fid_generator", "DCGAN": "fid_generator", "WGAN": "fid_generator",
+                 "CoopNet": "fid_revised"}
+    for row, metric in baselines.items():
+        c = cells[(row, "CelebA (FID)")]
+        assert c["status"] == "ok" and c["metric"] == metric, c
+        assert c["n_samples"] == fid["n_samples"] and c["backend"] == fid["backend"], c
+        assert np.isfinite(c["ours"]) and c["ours"] > 0
     assert "no run matching 'dcgan-cifar'" in cells[("DCGAN", "CIFAR-10 (IS)")]["reason"]
     assert {q["row"] for q in results["quoted"]} == {"CEGAN", "ALI", "ALICE"}
     assert len(results["published"]) == 16
     assert "| CEGAN *(published)* | 7.07 | 41.89 |" in report
     values = {"ours_fid": fid["ours"]}
+    values.update({f"{row.lower()}_fid": cells[(row, "CelebA (FID)")]["ours"] for row in baselines})
     # the baselines' recipes (objective, networks, optimisers) are pinned by their final losses
     pinned = {
         "ours-celeba": ("loss_ebm", "loss_encoder", "loss_generator"),
