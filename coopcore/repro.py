@@ -82,6 +82,7 @@ def execute_run(job: RunJob, echo: Echo = print) -> dict[str, Any]:
     of an unexpected error goes to the run's error.log).  Ctrl-C still stops everything."""
     from .experiment import resolve
     from .plugin_manager import get_registries
+    from .trainer import Interrupted
 
     record: dict[str, Any] = {"dir": job.dir, "recipe": Path(job.recipe).name, "overrides": list(job.overrides)}
     started = time.time()
@@ -93,8 +94,8 @@ def execute_run(job: RunJob, echo: Echo = print) -> dict[str, Any]:
             record.update(_train_and_evaluate(job, resolved, registries, echo))
         else:
             record.update(_evaluate_untrained(job, resolved, registries, echo))
-    except KeyboardInterrupt:
-        raise
+    except (KeyboardInterrupt, Interrupted):
+        raise  # Ctrl-C (the trainer saved a checkpoint first) stops the whole table
     except Exception as exc:  # noqa: BLE001 - one failed run must not stop the table
         record.update(status="failed", error=str(exc) or type(exc).__name__)
         if not isinstance(exc, CoopError) and Path(job.dir).is_dir():

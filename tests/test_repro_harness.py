@@ -288,3 +288,22 @@ metric = "ll"
     assert cells[("One seed", "LL")]["ours"] == last["value"]
     assert cells[("One seed", "sigma")]["ours"] == last["details"]["sigma"]
     assert cells[("Ours", "LL")]["status"] == "failed"
+
+
+def test_ctrl_c_in_one_run_stops_the_table(tmp_path, monkeypatch):
+    """An interrupted run (the trainer saved its checkpoint) is not a failed run: the table stops."""
+    import coopcore.repro as repro
+    from coopcore.trainer import Interrupted
+
+    started = []
+
+    def interrupted(job, resolved, registries, echo):
+        started.append(job.run_id)
+        raise Interrupted(None, 1)
+
+    monkeypatch.setattr(repro, "_train_and_evaluate", interrupted)
+    jobs = [repro.RunJob(run_id=f"r{i}", dir=str(tmp_path / f"r{i}"), recipe="coopnets-digits", overrides=tuple(TINY),
+                         train=True, evals=()) for i in range(2)]
+    with pytest.raises(Interrupted):
+        repro.dispatch(jobs, repro.Launcher(), tmp_path / "logs", echo=lambda m: None)
+    assert started == ["r0"]
