@@ -144,3 +144,21 @@ def test_coopnets_with_inference_steps_runs_langevin_inference():
     obj.step(Batch(ds.get_batch(idx), idx), torch.Generator().manual_seed(0))
     assert inference.last_init is not None and inference.last_init.shape == (16, 16)
     assert not torch.equal(inference.last_init, inference.last_out)  # X moved away from X^
+
+
+def test_coopnets_generator_samples_are_g_of_x_and_only_the_chains_start_from_g_plus_noise():
+    """Eq. 11 / step G0: with init_noise the chains start at g(X^) + eps, but the generator's samples
+    (what Parzen and FID score as "generator") are g(X^) itself, inside the tanh range."""
+    ds, d, gnet, sampler, _ = _digits_parts()
+    parts = _parts({"descriptor": d, "generator": gnet}, {"revision": sampler},
+                   {"descriptor": 5e-4, "generator": 1e-3}, len(ds), ds.shape)
+    obj = CoopNets(CoopNetsOptions(init_noise=True), parts)
+    out = obj.samples(64, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)  # the same draws, by hand: X^, then eps
+    with torch.no_grad():
+        z = gnet.sample_latent(64, g)
+        y = gnet(z)
+        eps = torch.randn(y.shape, generator=g)
+    assert torch.equal(out["generator"], y)
+    assert out["generator"].abs().max() <= 1.0
+    assert torch.allclose(sampler.last_init, y + gnet.sigma * eps)

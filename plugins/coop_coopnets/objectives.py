@@ -125,13 +125,20 @@ class CoopNets:
         return -self.descriptor.energy(y)
 
     def generate(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Step G0: X^ ~ N(0, I), Y^ = g(X^) (+ eps if init_noise)."""
+        """Step G0: X^ ~ N(0, I) and the chains' start Y^ = g(X^) (+ eps if init_noise)."""
+        z, _, y_init = self._generate(n, generator)
+        return z, y_init
+
+    def _generate(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """(X^, g(X^), the chains' start): the generator's own samples are g(X^); only the
+        Langevin chains start from g(X^) + eps (eq. 11), so eps never reaches a 'generator' score."""
         with torch.no_grad():
             z = self.generator.sample_latent(n, generator)
             y = self.generator(z)
+            y_init = y
             if self.options.init_noise:
-                y = y + self.generator.sigma * torch.randn(y.shape, generator=generator, device=y.device)
-        return z, y
+                y_init = y + self.generator.sigma * torch.randn(y.shape, generator=generator, device=y.device)
+        return z, y, y_init
 
     def step(self, batch: Batch, generator: torch.Generator) -> StepResult:
         o = self.options
@@ -172,10 +179,10 @@ class CoopNets:
         return StepResult(scalars=scalars, histograms={"score_obs": f_obs, "score_syn": f_syn})
 
     def samples(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
-        _, y_init = self.generate(n, generator)
+        _, y_gen, y_init = self._generate(n, generator)
         sampler = self.evaluation if self.evaluation is not None else self.current_revision()
         revised = sampler.run(self._log_p, y_init, generator)
-        return {"generator": y_init, "revised": revised.samples.detach()}
+        return {"generator": y_gen, "revised": revised.samples.detach()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"iteration": self.iteration}
