@@ -162,3 +162,22 @@ def test_coopnets_generator_samples_are_g_of_x_and_only_the_chains_start_from_g_
     assert torch.equal(out["generator"], y)
     assert out["generator"].abs().max() <= 1.0
     assert torch.allclose(sampler.last_init, y + gnet.sigma * eps)
+
+
+def test_algorithm_d_samples_more_than_its_chains_without_repeating_them():
+    """Asking for more samples than there are persistent chains continues the chains (issue: a
+    10,000-sample evaluation used to score ~100 chains repeated)."""
+    torch.manual_seed(0)
+    d = GaussianFamily(3)
+    sampler = _Capture(Langevin(LangevinOptions(n_steps=4, step_size=0.3)))
+    obj = AlgorithmD(AlgorithmDOptions(n_chains=5), _parts({"descriptor": d}, {"revision": sampler},
+                                                           {"descriptor": 1e-2}, 50, (3,)))
+    x = torch.randn(5, 3)
+    obj.step(Batch(x, torch.arange(5)), torch.Generator().manual_seed(0))
+    chains = obj.chains.clone()
+    out = obj.samples(12, torch.Generator().manual_seed(1))["chains"]
+    assert out.shape == (12, 3)
+    assert torch.equal(out[:5], chains)  # the current chains first
+    assert len({tuple(r.tolist()) for r in out}) == 12  # then new states, no copies
+    assert torch.equal(obj.chains, chains)  # evaluation leaves the training chains alone
+    assert torch.equal(obj.samples(4, torch.Generator().manual_seed(1))["chains"], chains[:4])

@@ -253,9 +253,20 @@ class AlgorithmD:
         return StepResult(scalars=scalars, histograms={"score_obs": f_obs, "score_syn": f_syn})
 
     def samples(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
+        """n samples of the model as the method draws them: the current chains, then, while more
+        are needed, the same chains advanced by further rounds of the training sampler (each round
+        the training number of steps).  Never repeated copies: an evaluation of n > n_chains
+        samples scores n distinct images.  The training chains themselves are left as they are."""
         if self.chains is None:
             raise RuntimeError("Algorithm D has no chains before its first iteration")
-        return {"chains": self._init_from(self.chains, n)}
+        blocks, chains, total = [], self.chains, 0
+        while True:
+            blocks.append(chains)
+            total += chains.shape[0]
+            if total >= n:
+                break
+            chains = self.revision.run(self._log_p, chains, generator).samples.detach()
+        return {"chains": torch.cat(blocks)[:n].clone()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"chains": None if self.chains is None else self.chains.detach().cpu()}
