@@ -32,9 +32,9 @@ import torch
 from torch import Tensor
 
 from coopcore import Batch, Parts, StepResult, UsageError, generator_log_joint, grad_norm, non_negative, positive
-from coopcore.masks import mask_name_validator, parse_mask_name
+from coopcore.masks import mask_name_validator
 
-from .occlusion import OcclusionState, recovery_error, recovery_error_over
+from .occlusion import load_occlusion_state, occlusion_for, recovery_error, recovery_error_over
 
 
 @attrs.frozen(kw_only=True)
@@ -77,14 +77,7 @@ class Abp:
         self.inference = parts.samplers["inference"]
         self.n_train = parts.n_train
         self.latents: Optional[Tensor] = None
-        shape = tuple(parts.data_shape)
-        try:
-            self.occlusion = OcclusionState(options.occlusion, parts.n_train, shape, options.occlusion_seed,
-                                            options.fill_value, parts.device)
-            parse_mask_name(options.occlusion).make(1, shape, torch.Generator())  # does it fit?
-        except ValueError as exc:
-            raise UsageError(f"objective.options.occlusion = {options.occlusion!r} does not fit the "
-                             f"training data (examples of shape {shape}): {exc}") from None
+        self.occlusion = occlusion_for(options, parts.n_train, parts.data_shape, parts.device)
 
     def step(self, batch: Batch, generator: torch.Generator) -> StepResult:
         g, occ = self.generator, self.occlusion
@@ -143,10 +136,7 @@ class Abp:
             def refill(recovered: Tensor, index: Tensor) -> Tensor:
                 with torch.no_grad():
                     return self.generator(latents[index.to(latents.device)])
-        try:
-            return recovery_error_over(self.occlusion, dataset, self.options.pixel_range, batch_size, refill)
-        except ValueError as exc:
-            raise UsageError(f"recovery error: {exc}") from None
+        return recovery_error_over(self.occlusion, dataset, self.options.pixel_range, batch_size, refill)
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -155,13 +145,7 @@ class Abp:
                 "occlusion": self.occlusion.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if "occlusion" not in state:
-            raise UsageError("the checkpoint has no occlusion state (masks and imputed pixels) for this run's "
-                             f"objective.options.occlusion = {self.options.occlusion!r}")
-        try:
-            self.occlusion.load_state_dict(state["occlusion"])
-        except ValueError as exc:
-            raise UsageError(f"cannot resume the occlusion state: {exc}") from None
+        load_occlusion_state(self.occlusion, state, self.options.occlusion)
         lat = state.get("latents")
         device = next(self.generator.parameters()).device
         if lat is not None and tuple(lat.shape) != (self.n_train, *self.generator.latent_shape):

@@ -77,11 +77,13 @@ import attrs
 import torch
 from torch import Tensor
 
-from coopcore import Batch, Parts, StepResult, UsageError, non_negative, positive
-from coopcore.masks import mask_name_validator, parse_mask_name
+from coopcore import Batch, Parts, StepResult, non_negative, positive
+from coopcore.masks import mask_name_validator
 
 from .losses import Reduction, gaussian_kl_standard, gaussian_nll, reconstruction, reduce_latent
-from .occlusion import OcclusionState, recovery_error
+from .occlusion import (
+    OcclusionState, load_occlusion_state, occlusion_for, recovery_error, recovery_error_over, require_occlusion,
+)
 
 __all__ = [
     "Triangle", "TriangleOptions", "gaussian_kl_standard", "gaussian_nll", "reconstruction", "reduce_latent",
@@ -188,14 +190,7 @@ class Triangle:
         self.opt_i = parts.optimizers["encoder"]
         self.occlusion: Optional[OcclusionState] = None
         if options.occlusion is not None:
-            shape = tuple(parts.data_shape)
-            try:
-                self.occlusion = OcclusionState(options.occlusion, parts.n_train, shape, options.occlusion_seed,
-                                                options.fill_value, parts.device)
-                parse_mask_name(options.occlusion).make(1, shape, torch.Generator())  # does it fit?
-            except ValueError as exc:
-                raise UsageError(f"objective.options.occlusion = {options.occlusion!r} does not fit the "
-                                 f"training data (examples of shape {shape}): {exc}") from None
+            self.occlusion = occlusion_for(options, parts.n_train, parts.data_shape, parts.device)
 
     # -- pieces -------------------------------------------------------------------------
     @property
@@ -348,7 +343,7 @@ class Triangle:
     def recovered_images(self, x: Tensor, index: Tensor) -> Tensor:
         """The recovered training images of examples `index` (ground truth `x` supplies only the
         observed pixels): observed pixels of x, current imputations in the holes."""
-        occ = self._require_occlusion()
+        occ = require_occlusion(self.occlusion)
         return occ.compose(x.to(occ.device), index.to(occ.device))
 
     def recovery_error_on(self, dataset: Any, batch_size: int = 500, refresh: bool = False,
@@ -357,25 +352,14 @@ class Triangle:
         trained on; it supplies the ground truth).  With `refresh`, the holes are first filled
         by one more reconstruction from the final models (without training and without
         changing the stored imputations).  Returns (mean error, per-image errors)."""
-        from .occlusion import recovery_error_over
-
-        occ = self._require_occlusion()
+        occ = require_occlusion(self.occlusion)
         refill = None
         if refresh:
             g = generator if generator is not None else torch.Generator(device=occ.device).manual_seed(0)
 
             def refill(recovered: Tensor, index: Tensor) -> Tensor:
                 return self.impute(recovered, g)
-        try:
-            return recovery_error_over(occ, dataset, self.options.pixel_range, batch_size, refill)
-        except ValueError as exc:
-            raise UsageError(f"recovery error: {exc}") from None
-
-    def _require_occlusion(self) -> OcclusionState:
-        if self.occlusion is None:
-            raise UsageError("this run trained on complete images: set objective.options.occlusion "
-                             "(e.g. \"B30\") to learn from occluded images and measure the recovery error")
-        return self.occlusion
+        return recovery_error_over(occ, dataset, self.options.pixel_range, batch_size, refill)
 
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -383,14 +367,4 @@ class Triangle:
         return {} if self.occlusion is None else {"occlusion": self.occlusion.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if self.occlusion is None:
-            if state.get("occlusion") is not None:
-                raise UsageError("the checkpoint holds an occlusion state but this run has no objective.options.occlusion")
-            return
-        if "occlusion" not in state:
-            raise UsageError("the checkpoint has no occlusion state (masks and imputed pixels) for this run's "
-                             f"objective.options.occlusion = {self.options.occlusion!r}")
-        try:
-            self.occlusion.load_state_dict(state["occlusion"])
-        except ValueError as exc:
-            raise UsageError(f"cannot resume the occlusion state: {exc}") from None
+        load_occlusion_state(self.occlusion, state, self.options.occlusion)

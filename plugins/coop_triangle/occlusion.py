@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
+from coopcore import UsageError
 from coopcore.masks import parse_mask_name
 
 # An odd 32-bit constant (the golden-ratio multiplier of Fibonacci hashing).
@@ -157,6 +158,43 @@ class OcclusionState:
         self._imputed = imputed.to(self.device, torch.float32).clone()
 
 
+def occlusion_for(options: Any, n: int, shape: Sequence[int], device: torch.device) -> OcclusionState:
+    """The occlusion an objective's options ask for (`occlusion`, `occlusion_seed`, `fill_value`),
+    over `n` training examples of `shape`; a mask that does not fit the data is a usage error."""
+    shape = tuple(shape)
+    try:
+        occ = OcclusionState(options.occlusion, n, shape, options.occlusion_seed, options.fill_value, device)
+        parse_mask_name(options.occlusion).make(1, shape, torch.Generator())  # does it fit?
+    except ValueError as exc:
+        raise UsageError(f"objective.options.occlusion = {options.occlusion!r} does not fit the "
+                         f"training data (examples of shape {shape}): {exc}") from None
+    return occ
+
+
+def require_occlusion(occ: Optional[OcclusionState]) -> OcclusionState:
+    """The run's occlusion, for what only a run on occluded images has (the recovery error)."""
+    if occ is None:
+        raise UsageError("this run trained on complete images: set objective.options.occlusion "
+                         "(e.g. \"B30\") to learn from occluded images and measure the recovery error")
+    return occ
+
+
+def load_occlusion_state(occ: Optional[OcclusionState], state: Mapping[str, Any], name: Optional[str]) -> None:
+    """Restore `occ` from an objective's checkpoint state (its "occlusion" entry); a run on
+    complete images (`occ` None) refuses a checkpoint that holds one."""
+    if occ is None:
+        if state.get("occlusion") is not None:
+            raise UsageError("the checkpoint holds an occlusion state but this run has no objective.options.occlusion")
+        return
+    if "occlusion" not in state:
+        raise UsageError("the checkpoint has no occlusion state (masks and imputed pixels) for this run's "
+                         f"objective.options.occlusion = {name!r}")
+    try:
+        occ.load_state_dict(state["occlusion"])
+    except ValueError as exc:
+        raise UsageError(f"cannot resume the occlusion state: {exc}") from None
+
+
 def recovery_error_over(occ: OcclusionState, dataset: Any, pixel_range: float, batch_size: int = 500,
                         refill: Optional[Callable[[Tensor, Tensor], Tensor]] = None) -> tuple[Tensor, Tensor]:
     """Table 3's recovery error over a whole training set (`dataset` supplies the ground truth and
@@ -165,9 +203,10 @@ def recovery_error_over(occ: OcclusionState, dataset: Any, pixel_range: float, b
     The recovered images are the observed pixels plus the stored imputations; with `refill`,
     the holes are first filled by ``refill(recovered, index)`` (e.g. one more reconstruction from
     the final models), without changing the stored imputations.  Returns (mean over the images
-    that have occluded pixels, per-image errors with NaN for images without any)."""
+    that have occluded pixels, per-image errors with NaN for images without any).  A dataset of
+    another size than the masks' is a usage error."""
     if len(dataset) != occ.n:
-        raise ValueError(f"the dataset has {len(dataset)} examples, the run trained on {occ.n}")
+        raise UsageError(f"recovery error: the dataset has {len(dataset)} examples, the run trained on {occ.n}")
     per_image = []
     for start in range(0, occ.n, batch_size):
         index = torch.arange(start, min(start + batch_size, occ.n))

@@ -53,10 +53,12 @@ import torch
 from torch import Tensor
 
 from coopcore import Batch, Parts, StepResult, UsageError, grad_norm, non_negative, optional_positive, positive
-from coopcore.masks import mask_name_validator, parse_mask_name
+from coopcore.masks import mask_name_validator
 
 from .losses import gaussian_kl_standard, reconstruction
-from .occlusion import OcclusionState, recovery_error, recovery_error_over
+from .occlusion import (
+    OcclusionState, load_occlusion_state, occlusion_for, recovery_error, recovery_error_over, require_occlusion,
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -130,14 +132,7 @@ class Vae:
                              f"{list(self.generator.latent_shape)}: set the same latent_dim on both models")
         self.occlusion: Optional[OcclusionState] = None
         if options.occlusion is not None:
-            shape = tuple(parts.data_shape)
-            try:
-                self.occlusion = OcclusionState(options.occlusion, parts.n_train, shape, options.occlusion_seed,
-                                                options.fill_value, parts.device)
-                parse_mask_name(options.occlusion).make(1, shape, torch.Generator())  # does it fit?
-            except ValueError as exc:
-                raise UsageError(f"objective.options.occlusion = {options.occlusion!r} does not fit the "
-                                 f"training data (examples of shape {shape}): {exc}") from None
+            self.occlusion = occlusion_for(options, parts.n_train, parts.data_shape, parts.device)
 
     @property
     def sigma(self) -> float:
@@ -221,28 +216,19 @@ class Vae:
     # -- learning from occluded images: Table 3 ---------------------------------------------
     def recovered_images(self, x: Tensor, index: Tensor) -> Tensor:
         """Observed pixels of `x` (the ground truth of examples `index`), imputations in the holes."""
-        occ = self._require_occlusion()
+        occ = require_occlusion(self.occlusion)
         return occ.compose(x.to(occ.device), index.to(occ.device))
 
     def recovery_error_on(self, dataset: Any, batch_size: int = 500, refresh: bool = False,
                           generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
         """Table 3's recovery error over the training set `dataset`; with `refresh` the holes are
         first refilled once with g(mu(x)) of the final networks.  Returns (mean, per-image)."""
-        occ = self._require_occlusion()
+        occ = require_occlusion(self.occlusion)
         refill = None
         if refresh:
             def refill(recovered: Tensor, index: Tensor) -> Tensor:
                 return self.reconstruct(recovered)
-        try:
-            return recovery_error_over(occ, dataset, self.options.pixel_range, batch_size, refill)
-        except ValueError as exc:
-            raise UsageError(f"recovery error: {exc}") from None
-
-    def _require_occlusion(self) -> OcclusionState:
-        if self.occlusion is None:
-            raise UsageError("this run trained on complete images: set objective.options.occlusion "
-                             "to learn from occluded images and measure the recovery error")
-        return self.occlusion
+        return recovery_error_over(occ, dataset, self.options.pixel_range, batch_size, refill)
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -250,14 +236,4 @@ class Vae:
         return {} if self.occlusion is None else {"occlusion": self.occlusion.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if self.occlusion is None:
-            if state.get("occlusion") is not None:
-                raise UsageError("the checkpoint holds an occlusion state but this run has no objective.options.occlusion")
-            return
-        if "occlusion" not in state:
-            raise UsageError("the checkpoint has no occlusion state (masks and imputed pixels) for this run's "
-                             f"objective.options.occlusion = {self.options.occlusion!r}")
-        try:
-            self.occlusion.load_state_dict(state["occlusion"])
-        except ValueError as exc:
-            raise UsageError(f"cannot resume the occlusion state: {exc}") from None
+        load_occlusion_state(self.occlusion, state, self.options.occlusion)
