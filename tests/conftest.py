@@ -84,3 +84,20 @@ class FixedImagesObjective:
         out = self.images[self.drawn : self.drawn + n]
         self.drawn += n
         return {"revised": out, "generator": out}
+
+
+def resolve_table_runs(registries, key: str, scale: str) -> list:
+    """Plan table `key` at `scale`, resolve every run of its own (recipe + overrides) and build
+    every metric the spec evaluates; returns [(planned run, resolved experiment or None for a
+    shared run)].  A typo in a short or full run then fails here, not after hours of training."""
+    from coopcore.build import build_metric
+    from coopcore.experiment import resolve
+    from coopcore.tablespec import plan_runs
+
+    out = []
+    for p in plan_runs(registries.table.create(key), scale):
+        resolved = None if p.use else resolve(p.recipe, list(p.overrides), registries=registries)
+        for e in p.evals:
+            build_metric(registries, e.name, e.options, e.label)
+        out.append((p, resolved))
+    return out

@@ -307,3 +307,16 @@ def test_ctrl_c_in_one_run_stops_the_table(tmp_path, monkeypatch):
     with pytest.raises(Interrupted):
         repro.dispatch(jobs, repro.Launcher(), tmp_path / "logs", echo=lambda m: None)
     assert started == ["r0"]
+
+
+def test_every_table_resolves_at_every_scale(registries):
+    """Every run of every registered table, at every scale it offers, resolves and its metrics
+    build (short and full are never run here: this is what keeps them from failing on a typo)."""
+    from conftest import resolve_table_runs
+
+    checked = 0
+    for key in registries.table:
+        spec = registries.table.create(key)
+        for scale in spec.scales:
+            checked += len(resolve_table_runs(registries, key, scale))
+    assert len(list(registries.table)) >= 13 and checked > 100

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from coopcore import EvalContext, TensorImageDataset, UsageError
 from coopcore.build import build_metric
 
-from conftest import FixedImagesObjective, run_cli
+from conftest import FixedImagesObjective, resolve_table_runs, run_cli
 
 TABLE_TOL = dict(default_tolerance=dict(rtol=1e-3, atol=1e-6))
 SETS = {"Training": "train", "Testing": "test", "Synthesized": "synthesised", "Negative": "negatives"}
@@ -78,17 +78,10 @@ def test_each_grid_scores_the_block_mean_versions(registries):
 def test_every_scale_resolves(registries, scale):
     """Every run of the table at every scale resolves (recipe + overrides) and its metrics' options
     build, so a short or full run cannot fail on a typo after hours of training."""
-    from coopcore.experiment import resolve
-    from coopcore.tablespec import plan_runs
-
-    spec = registries.table.create("multigrid:table1")
-    planned = plan_runs(spec, scale)
-    assert sorted(p.id for p in planned) == ["mcd"]
-    for p in planned:
-        resolved = resolve(p.recipe, list(p.overrides), registries=registries)
+    runs = resolve_table_runs(registries, "multigrid:table1", scale)
+    assert sorted(p.id for p, _ in runs) == ["mcd"]
+    for _, resolved in runs:
         assert resolved.metrics == ()  # no recipe evaluation runs besides the table's own
-        for e in p.evals:
-            build_metric(registries, e.name, e.options, e.label)
 
 
 def test_golden_repro_multigrid_table1_smoke(tmp_path, num_regression):

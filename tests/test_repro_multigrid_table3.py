@@ -13,7 +13,7 @@ import torch
 from coopcore import EvalContext, TensorImageDataset, UsageError
 from coopcore.build import build_metric
 
-from conftest import run_cli
+from conftest import resolve_table_runs, run_cli
 
 TABLE_TOL = dict(default_tolerance=dict(rtol=1e-3, atol=1e-6))
 ROWS = {"PCD": "pcd", "CD1": "cd1", "SCD": "single-grid", "MCD": "mcd"}
@@ -113,17 +113,10 @@ def test_each_method_inpaints_only_the_hole(registries, recipe):
 def test_every_scale_resolves(registries, scale):
     """Every run of the table at every scale resolves (recipe + overrides) and its metrics' options
     build, so a short or full run cannot fail on a typo after hours of training."""
-    from coopcore.experiment import resolve
-    from coopcore.tablespec import plan_runs
-
-    spec = registries.table.create("multigrid:table3")
-    planned = plan_runs(spec, scale)
-    assert sorted(p.id for p in planned) == ["cd1", "mcd", "pcd", "single-grid"]
-    for p in planned:
-        resolved = resolve(p.recipe, list(p.overrides), registries=registries)
+    runs = resolve_table_runs(registries, "multigrid:table3", scale)
+    assert sorted(p.id for p, _ in runs) == ["cd1", "mcd", "pcd", "single-grid"]
+    for _, resolved in runs:
         assert resolved.metrics == ()  # no recipe evaluation runs besides the table's own
-        for e in p.evals:
-            build_metric(registries, e.name, e.options, e.label)
 
 
 def test_golden_repro_multigrid_table3_smoke(tmp_path, num_regression):
