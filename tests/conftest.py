@@ -25,6 +25,14 @@ def _threads_and_fresh_registries(monkeypatch):
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny
+    networks run several times faster than on two threads of a shared machine.  Runs after the
+    autouse fixture above, which sets two."""
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
 def registries():
     from coopcore.plugin_manager import get_registries
 
@@ -101,3 +109,14 @@ def resolve_table_runs(registries, key: str, scale: str) -> list:
             build_metric(registries, e.name, e.options, e.label)
         out.append((p, resolved))
     return out
+
+
+def datasets_context(datasets, **kw):
+    """An EvalContext whose metric datasets are the given in-process datasets, looked up by name."""
+    from coopcore.metrics import EvalContext
+
+    class _DatasetsContext(EvalContext):
+        def build_dataset(self, name, options, path="dataset"):
+            return datasets[name]
+
+    return _DatasetsContext(**kw)

@@ -10,31 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coopcore import EvalContext, TensorImageDataset, UsageError
+from coopcore import TensorImageDataset, UsageError
 from coopcore.build import build_metric
 
-from conftest import FixedImagesObjective, resolve_table_runs, run_cli
+from conftest import FixedImagesObjective, datasets_context, resolve_table_runs, run_cli
 
 TABLE_TOL = dict(default_tolerance=dict(rtol=1e-3, atol=1e-6))
 SETS = {"Training": "train", "Testing": "test", "Synthesized": "synthesised", "Negative": "negatives"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one torch thread is several times faster than two on a shared machine (and
-    the golden runs set run.threads=1 anyway).  Runs after conftest's fixture, which sets two."""
-    torch.set_num_threads(1)
-
-
-class _Ctx(EvalContext):
-    """An EvalContext whose datasets are in-process tensors, looked up by name."""
-
-    def __init__(self, datasets, **kw):
-        super().__init__(**kw)
-        self.datasets = datasets
-
-    def build_dataset(self, name, options, path="dataset"):
-        return self.datasets[name]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _grid_descriptor(registries, size):
@@ -51,9 +36,9 @@ def test_each_grid_scores_the_block_mean_versions(registries):
     train, test = torch.rand(12, 1, 16, 16, generator=g) * 2 - 1, torch.rand(7, 1, 16, 16, generator=g) * 2 - 1
     syn = torch.rand(6, 1, 4, 4, generator=g) * 2 - 1
     model = _grid_descriptor(registries, 4)
-    ctx = _Ctx({"t": TensorImageDataset(test, "t")}, objective=FixedImagesObjective(syn), models={"grid1": model},
-               registries=registries, data_root=None, device=torch.device("cpu"), generator=g,
-               train_dataset=TensorImageDataset(train, "train"))
+    ctx = datasets_context({"t": TensorImageDataset(test, "t")}, objective=FixedImagesObjective(syn),
+                           models={"grid1": model}, registries=registries, data_root=None,
+                           device=torch.device("cpu"), generator=g, train_dataset=TensorImageDataset(train, "train"))
     opts = {"descriptor": "grid1", "test": {"name": "t"}, "n_samples": 6, "batch_size": 100}
     res = build_metric(registries, "energy_statistics", opts).compute(ctx)
     with torch.no_grad():

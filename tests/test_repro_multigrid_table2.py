@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coopcore import ConfigError, EvalContext, TensorImageDataset, UsageError
+from coopcore import ConfigError, TensorImageDataset, UsageError
 from coopcore.build import build_metric
 
-from conftest import resolve_table_runs, run_cli
+from conftest import datasets_context, resolve_table_runs, run_cli
 
 TABLE_TOL = dict(default_tolerance=dict(rtol=1e-3, atol=1e-6))
 ROWS = {"persistent CD": "pcd", "one-step CD": "cd1", "single-grid CD": "single-grid",
@@ -20,20 +20,7 @@ ROWS = {"persistent CD": "pcd", "one-step CD": "cd1", "single-grid CD": "single-
 COLUMNS = ["1,000", "2,000", "4,000"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one torch thread is several times faster than two on a shared machine (and
-    the golden runs set run.threads=1 anyway).  Runs after conftest's fixture, which sets two."""
-    torch.set_num_threads(1)
-
-
-class _Ctx(EvalContext):
-    def __init__(self, datasets, **kw):
-        super().__init__(**kw)
-        self.datasets = datasets
-
-    def build_dataset(self, name, options, path="dataset"):
-        return self.datasets[name]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _quadrants(n, seed):
@@ -56,9 +43,9 @@ def _grids(registries):
 
 
 def _ctx(registries, models, seed=0):
-    return _Ctx({"test": _quadrants(80, 1)}, objective=None, models=models, registries=registries, data_root=None,
-                device=torch.device("cpu"), generator=torch.Generator().manual_seed(seed),
-                train_dataset=_quadrants(200, 0))
+    return datasets_context({"test": _quadrants(80, 1)}, objective=None, models=models, registries=registries,
+                            data_root=None, device=torch.device("cpu"), generator=torch.Generator().manual_seed(seed),
+                            train_dataset=_quadrants(200, 0))
 
 
 OPTS = {"descriptors": ["grid1", "grid2", "grid3"], "test": {"name": "test"}, "n_labels": [20, 40],

@@ -10,21 +10,17 @@ import math
 import pytest
 import torch
 
-from coopcore import EvalContext, TensorImageDataset, UsageError
+from coopcore import TensorImageDataset, UsageError
 from coopcore.build import build_metric
 
-from conftest import resolve_table_runs, run_cli
+from conftest import datasets_context, resolve_table_runs, run_cli
 
 TABLE_TOL = dict(default_tolerance=dict(rtol=1e-3, atol=1e-6))
 ROWS = {"PCD": "pcd", "CD1": "cd1", "SCD": "single-grid", "MCD": "mcd"}
 KINDS = ("square", "doodle", "pepper")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one torch thread is several times faster than two on a shared machine (and
-    the golden runs set run.threads=1 anyway).  Runs after conftest's fixture, which sets two."""
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _ConstantFill:
@@ -39,19 +35,10 @@ class _ConstantFill:
         return torch.full_like(y, self.value)
 
 
-class _Ctx(EvalContext):
-    def __init__(self, datasets, **kw):
-        super().__init__(**kw)
-        self.datasets = datasets
-
-    def build_dataset(self, name, options, path="dataset"):
-        return self.datasets[name]
-
-
 def _ctx(registries, objective, images, seed=0):
-    return _Ctx({"faces": TensorImageDataset(images, "faces")}, objective=objective, models={},
-                registries=registries, data_root=None, device=torch.device("cpu"),
-                generator=torch.Generator().manual_seed(seed))
+    return datasets_context({"faces": TensorImageDataset(images, "faces")}, objective=objective, models={},
+                            registries=registries, data_root=None, device=torch.device("cpu"),
+                            generator=torch.Generator().manual_seed(seed))
 
 
 def test_model_route_calls_the_objectives_inpaint_and_normalises_by_the_range(registries):
