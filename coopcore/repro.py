@@ -65,7 +65,7 @@ def _job(planned: PlannedRun, run_dir: Path, *, seed: Optional[int], device: Opt
         base = Path(root) if root else Path(".").resolve()
         root = str(Path(planned.data_root) if Path(planned.data_root).is_absolute() else base / planned.data_root)
     recipe = planned.recipe
-    if Path(recipe).suffix in (".toml", ".json") or Path(recipe).is_dir():  # a path, not a packaged name
+    if recipe and (Path(recipe).suffix in (".toml", ".json") or Path(recipe).is_dir()):  # a path, not a name
         recipe = str(Path(recipe).expanduser().resolve())
     return RunJob(
         run_id=planned.id, dir=str(Path(run_dir).resolve()), recipe=recipe,
