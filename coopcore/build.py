@@ -13,8 +13,9 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import nn
 
+from . import accel
 from .config import ExperimentConfig, OptimizerConfig
-from .data import ImageDataset, resolve_data_root
+from .data import DeviceTensorDataset, ImageDataset, dataset_nbytes, in_memory, resolve_data_root
 from .errors import ConfigError, CoopError, UsageError
 from .experiment import ResolvedExperiment, default_registries, named_component
 from .metrics import EvalContext, Metric, MetricResult
@@ -32,11 +33,19 @@ def pick_device(name: str) -> torch.device:
     return dev
 
 
-def make_optimizer(params: Any, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: Any, cfg: OptimizerConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """The recipe's optimiser; `fused` (``run.fused_adam``) selects the fused Adam/AdamW kernel.
+
+    Every optimiser here updates the parameters in place, so a captured sampler graph reads
+    the new weights at its next replay."""
+    # Without the flag torch picks its kernel as before (the default: bit-identical numbers).
+    extra = {"fused": True} if fused else {}
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                                **extra)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                                 **extra)
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.RMSprop(params, lr=cfg.lr, eps=cfg.eps, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -62,9 +71,11 @@ class Experiment:
     def evaluate(self, label: str, metric: Metric, generator: torch.Generator,
                  progress: Callable[[str], None] = lambda message: None) -> MetricResult:
         """Compute one metric on this experiment; a plugin's exception becomes a `MetricFailure`."""
+        # Metrics get the dataset as its plugin made it (host tensors), not the device-held copy.
+        train = getattr(self.dataset, "source", self.dataset)
         ctx = EvalContext(
             objective=self.objective, models=self.parts.models, registries=self.registries, data_root=self.data_root,
-            device=self.device, generator=generator, train_dataset=self.dataset, progress=progress,
+            device=self.device, generator=generator, train_dataset=train, progress=progress,
         )
         try:
             result = metric.compute(ctx)
@@ -138,26 +149,51 @@ def check_shapes(resolved: ResolvedExperiment, dataset: ImageDataset, models: Ma
             )
 
 
+def place_dataset(dataset: Any, device: torch.device, requested: str, allowed: bool) -> Any:
+    """The training set held on `device` (`DeviceTensorDataset`) when ``run.data_on_device``
+    resolved to on and the dataset is in memory; otherwise the dataset as it is, with a notice
+    when "on" was asked for and cannot be honoured.  A stand-in without examples (a checkpoint's
+    `DatasetInfo`) is left alone."""
+    if not allowed or not hasattr(dataset, "get_batch"):
+        return dataset
+    if not in_memory(dataset):
+        if requested == "on":
+            accel.notice(f"dataset '{dataset.name}' is decoded batch by batch; it stays on the host")
+        return dataset
+    size = dataset_nbytes(dataset)
+    if requested == "auto" and size > accel.DEVICE_DATA_LIMIT_BYTES:
+        return dataset
+    return DeviceTensorDataset(dataset, device)
+
+
 def build_experiment(resolved: ResolvedExperiment, device: torch.device, data_root: Optional[str] = None,
                      dataset: Any = None, registries: Any = None) -> Experiment:
     """Build from a resolved experiment.  Seed the global RNG before calling for a reproducible init.
 
     `dataset` replaces the recipe's dataset (sampling from a checkpoint needs only its size and shape).
+    The speed options of ``[run]`` are resolved for `device` and installed (`coopcore.accel`).
     """
     registries = default_registries(registries)
     cfg = resolved.config
+    settings = accel.settings_for_run(cfg.run, device)
+    accel.configure(settings)
+    accel.sampler_graphs().clear()  # graphs of a previous experiment's models: free their memory
     root = resolve_data_root(cfg.data.root, data_root)
     if dataset is None:
         dataset = resolved.data.create(root=root)
     models: dict[str, nn.Module] = {role: comp.create().to(device) for role, comp in resolved.models.items()}
     check_shapes(resolved, dataset, models)
+    accel.prepare_models(models, settings)  # before the optimisers: it may replace parameter storage
+    dataset = place_dataset(dataset, device, cfg.run.data_on_device, settings.data_on_device)
     samplers = {role: comp.create() for role, comp in resolved.samplers.items()}
-    optimizers = {role: make_optimizer(models[role].parameters(), oc) for role, oc in cfg.optimizers.items()}
+    optimizers = {role: make_optimizer(models[role].parameters(), oc, fused=settings.fused_adam)
+                  for role, oc in cfg.optimizers.items()}
     parts = Parts(
         models=models, samplers=samplers, optimizers=optimizers, n_train=len(dataset), device=device,
         data_shape=tuple(dataset.shape),
     )
     objective = resolved.objective.create(parts=parts)
+    accel.wrap_objective_step(objective, settings, device)
     metrics = [(label, comp.create()) for label, comp in resolved.metrics]
     return Experiment(
         resolved=resolved, dataset=dataset, parts=parts, objective=objective, metrics=metrics, device=device,

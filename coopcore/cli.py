@@ -49,7 +49,7 @@ def cli() -> None:
       coop eval runs/RUN --metric parzen    evaluate a trained run
       coop repro table2 --scale smoke       reproduce a paper table (paper's numbers beside ours)
       coop plugins                          list plugins and what they register
-      coop bench                            time the Langevin loop against a plain eager loop
+      coop bench --objective all            each objective's iteration against a plain PyTorch loop
     """
 
 
@@ -116,18 +116,45 @@ def plugins_cmd(as_json: bool, options_of: Optional[str], schema: bool) -> None:
 @click.option("--seed", type=int, help="Random seed (overrides run.seed).")
 @click.option("--data-root", help=DATA_ROOT_HELP)
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option("--nproc", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Train on this many processes of this machine (one per GPU, or CPU processes with gloo), as "
+                   "`torchrun --nproc-per-node N -m coopcore.cli train ...` does; data.batch_size is per process.")
 def train_cmd(recipe: str, overrides: tuple[str, ...], out: Optional[Path], resume: bool, device: Optional[str],
-              seed: Optional[int], data_root: Optional[str], no_progress: bool) -> None:
-    """Train from RECIPE: a .toml file, a packaged recipe name (e.g. coopnets-digits) or a run directory."""
+              seed: Optional[int], data_root: Optional[str], no_progress: bool, nproc: int) -> None:
+    """Train from RECIPE: a .toml file, a packaged recipe name (e.g. coopnets-digits) or a run directory.
+
+    Under torchrun (WORLD_SIZE > 1) this process is one rank of a multi-process run (docs/distributed.md)."""
+    from .distributed import Distributed, launch_local
     from .experiment import resolve
     from .run import train
+    from .trainer import Interrupted
 
-    _report_failed_plugins()
-    resolved = resolve(recipe, overrides, seed=seed, device=device, registries=_registries())
-    if out is None and Path(recipe).is_dir():
-        out = Path(recipe)  # `coop train RUN --resume` continues RUN itself
-    summary = train(resolved, out, resume=resume, data_root=data_root, progress=False if no_progress else None,
-                    echo=_echo, registries=_registries())
+    dist = Distributed.from_environment()
+    if nproc > 1:
+        if dist is not None:
+            raise UsageError("--nproc starts the processes itself; under torchrun leave it out "
+                             "(torchrun's --nproc-per-node sets the number)")
+        argv = ["train", recipe, *(a for kv in overrides for a in ("--set", kv))]
+        for flag, value in (("--out", out), ("--device", device), ("--seed", seed), ("--data-root", data_root)):
+            if value is not None:
+                argv += [flag, str(value)]
+        argv += ["--resume"] * resume + ["--no-progress"] * no_progress
+        raise click.exceptions.Exit(launch_local(nproc, argv))
+    quiet = dist is not None and not dist.is_main  # rank 0 speaks for the launch
+    if not quiet:
+        _report_failed_plugins()
+    try:
+        resolved = resolve(recipe, overrides, seed=seed, device=device, registries=_registries())
+        if out is None and Path(recipe).is_dir():
+            out = Path(recipe)  # `coop train RUN --resume` continues RUN itself
+        summary = train(resolved, out, resume=resume, data_root=data_root, progress=False if no_progress else None,
+                        echo=_echo, registries=_registries(), dist=dist)
+    except (UsageError, CheckpointError, Interrupted) as exc:
+        if quiet:  # every rank meets the same bad input (or the same Ctrl-C); rank 0 reports it once
+            raise click.exceptions.Exit(130 if isinstance(exc, Interrupted) else 2) from None
+        raise
+    if quiet:
+        return
     if not summary.already_complete:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in list(summary.last_scalars.items())[:6])
         done_now = max(1, summary.iterations - summary.start_iteration)
@@ -296,26 +323,90 @@ def repro_cmd(table: Optional[str], paper: Optional[str], scale: str, out: Optio
 
 # ---------------------------------------------------------------------------------------
 @cli.command("bench")
+@click.option("--objective", "objectives", multiple=True,
+              type=click.Choice(["coopnets", "algorithm_d", "multigrid", "triangle", "coopinit", "all"]),
+              help="Benchmark this objective's whole iteration and its sampler against a hand-written PyTorch "
+                   "loop on the same networks (repeatable; all = every one). Without --objective or --recipe: "
+                   "the Langevin loop alone against the papers' eager loop (the options marked legacy).")
+@click.option("--recipe", help="The recipe to benchmark (name or .toml); default per objective: coopnets-mnist "
+                               "(the paper's MNIST networks), pcd-digits, multigrid-digits, triangle-digits, "
+                               "coopinit-digits. Alone, its objective is benchmarked.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Recipe override for both sides (TOML syntax), e.g. a performance option of the framework "
+                   "or --set data.batch_size=32. Repeatable.")
+@click.option("--data-root", help=DATA_ROOT_HELP)
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--batch", type=click.IntRange(1), default=100, show_default=True, help="Chains per run.")
-@click.option("--steps", type=click.IntRange(1), default=10, show_default=True, help="Langevin steps per run.")
-@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True, help="Timed repetitions.")
-@click.option("--descriptor", default="coopnets.descriptor.mnist", show_default=True, help="Registered energy model.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def bench_cmd(device: str, batch: int, steps: int, repeats: int, descriptor: str, as_json: bool) -> None:
-    """Time the Langevin revision loop against a plain eager loop written like the papers' code."""
-    from .bench import run_bench
+@click.option("--repeats", type=click.IntRange(1), help="Timed rounds (each times both sides once, interleaved) "
+                                                         "[default: 10 with --objective, 5 legacy].")
+@click.option("--warmup", type=click.IntRange(1), default=2, show_default=True,
+              help="Untimed iterations of each side first (the first is also FLOP-counted and compared).")
+@click.option("--threads", type=click.IntRange(1), help="torch threads (default: torch's choice).")
+@click.option("--json", "json_out", is_flag=False, flag_value="-", metavar="[FILE]",
+              help="Write the result as JSON to FILE; alone (or FILE = -), print it instead of the table.")
+@click.option("--markdown", "markdown_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the table (markdown, with provenance) to this file.")
+@click.option("--batch", type=click.IntRange(1), help="Legacy: chains per run [default: 100].")
+@click.option("--steps", type=click.IntRange(1), help="Legacy: Langevin steps per run [default: 10].")
+@click.option("--descriptor", help="Legacy: registered energy model [default: coopnets.descriptor.mnist].")
+def bench_cmd(objectives: tuple[str, ...], recipe: Optional[str], overrides: tuple[str, ...],
+              data_root: Optional[str], device: str, repeats: Optional[int], warmup: int, threads: Optional[int],
+              json_out: Optional[str], markdown_out: Optional[Path], batch: Optional[int], steps: Optional[int],
+              descriptor: Optional[str]) -> None:
+    """Measure what the framework costs against plain PyTorch, side by side in one process.
+
+    \b
+    coop bench --objective coopnets              the paper's MNIST CoopNets iteration vs a plain loop
+    coop bench --objective all --json out.json   every built-in objective; JSON and a table
+    coop bench --recipe my.toml --set data.batch_size=32
+    coop bench                                   legacy: the Langevin loop vs the papers' eager loop
+
+    Times are medians over interleaved rounds with their spread; the ratio is framework / plain.
+    The report also gives the FLOPs of one iteration (torch's FlopCounterMode), the achieved
+    rate against the device's peak, peak memory (CUDA), provenance (device, torch, commit) and
+    whether both sides left the same parameters after their first iteration.
+    """
     from .build import pick_device
 
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    dev = pick_device(device)
+    if objectives or recipe:
+        from .bench import BENCH_RECIPES, markdown_report, run_objective_benches
+
+        if batch is not None or steps is not None or descriptor is not None:
+            raise UsageError("--batch, --steps and --descriptor belong to the legacy Langevin benchmark; with "
+                             "--objective/--recipe change the recipe instead (--set data.batch_size=...)")
+        names = list(BENCH_RECIPES) if "all" in objectives else list(dict.fromkeys(objectives))
+        if recipe is not None and len(names) > 1:
+            raise UsageError("--recipe names one recipe: give at most one --objective with it")
+        runs = [(recipe, names[0] if names else None)] if recipe is not None else [(BENCH_RECIPES[n], n) for n in names]
+        report = run_objective_benches(runs, overrides, device=dev, repeats=repeats or 10, warmup=warmup,
+                                       data_root=data_root, registries=_registries(), echo=_echo)
+        table = markdown_report(report)
+        if json_out not in (None, "-"):
+            Path(json_out).write_text(json.dumps(report, indent=2) + "\n")
+        if markdown_out is not None:
+            markdown_out.write_text(table)
+        click.echo(json.dumps(report, indent=2) if json_out == "-" else table)
+        return
+    from .bench import run_bench
+
+    if markdown_out is not None:
+        raise UsageError("--markdown goes with --objective/--recipe (the legacy benchmark prints one line per loop)")
+    batch, steps, descriptor = batch or 100, steps or 10, descriptor or "coopnets.descriptor.mnist"
     if descriptor not in _registries().energy:
         raise UsageError(f"--descriptor: unknown energy model '{descriptor}' (see `coop plugins`)")
-    res = run_bench(pick_device(device), batch, steps, repeats, descriptor)
-    if as_json:
+    res = run_bench(dev, batch, steps, repeats or 5, descriptor)
+    if json_out not in (None, "-"):
+        Path(json_out).write_text(json.dumps(res, indent=2) + "\n")
+    if json_out == "-":
         click.echo(json.dumps(res, indent=2))
         return
     click.echo(
         f"Langevin revision, {descriptor}, batch {batch}, {steps} steps on {res['device']} ({res['device_name']}, "
-        f"torch {res['torch']}, {res['threads']} threads), median of {repeats}:\n"
+        f"torch {res['torch']}, {res['threads']} threads), median of {repeats or 5}:\n"
         f"  coopnets sampler : {res['framework_s_median'] * 1e3:8.2f} ms\n"
         f"  eager baseline   : {res['baseline_s_median'] * 1e3:8.2f} ms\n"
         f"  baseline / coopnets = {res['speedup_baseline_over_framework']:.2f}x"

@@ -275,6 +275,30 @@ class RunConfig:
     threads: int = attrs.field(default=0, validator=non_negative)
     # Write TensorBoard event files (scalars, energy histograms, sample grids).
     tensorboard: bool = True
+    # Run every Langevin sampler as a replayed CUDA graph (docs/performance.md): "on" captures
+    # on CUDA (CPU runs eagerly, with a one-line notice); "auto" stays eager until capture has
+    # been proven equal to eager on a GPU (coopcore.accel.CAPTURE_PROVEN_ON_CUDA); "off" never
+    # captures.  Same noise and, within floating-point tolerance, the same numbers as eager.
+    capture_sampler: Literal["auto", "on", "off"] = attrs.field(
+        default="auto", validator=attrs.validators.in_(("auto", "on", "off")))
+    # Network arithmetic: "float32", or "bf16" autocast of the sampler's and the updates'
+    # network passes (chains, summed energies, the reference term, parameters and optimiser
+    # state stay float32).  bf16 changes the numbers: about 3 significant digits per pass.
+    precision: Literal["float32", "bf16"] = attrs.field(
+        default="float32", validator=attrs.validators.in_(("float32", "bf16")))
+    # torch.compile the networks (score and forward); same math, kernels may round differently.
+    compile: bool = False
+    # Store 4-d weights and activations channels-last (faster convolutions on GPUs); same math,
+    # convolution kernels may round differently.
+    channels_last: bool = False
+    # Fused Adam/AdamW kernels (one launch for all parameters); same update, last-bit
+    # differences from the default kernel.  SGD and RMSprop are unaffected.
+    fused_adam: bool = False
+    # Hold an in-memory dataset on the device as one tensor: "auto" does so on CUDA (up to
+    # 4 GiB), "on" on any accelerator, "off" never.  The batches are the same values, so the
+    # numbers do not change; on CPU it does nothing.
+    data_on_device: Literal["auto", "on", "off"] = attrs.field(
+        default="auto", validator=attrs.validators.in_(("auto", "on", "off")))
 
 
 @attrs.frozen
@@ -291,6 +315,10 @@ class DataConfig:
     drop_last: bool = True
     # Root folder of the data files ("" = --data-root, then $COOP_DATA).
     root: str = ""
+    # DataLoader processes that read batches ahead into pinned memory, for datasets decoded per
+    # batch (LSUN, image folders); 0 reads each batch in the training loop.  Same batches either
+    # way; ignored for a dataset held on the device (run.data_on_device).
+    workers: int = attrs.field(default=0, validator=non_negative)
     # The dataset's options (see its entry in the options reference).
     options: dict[str, Any] = attrs.field(factory=dict)
 

@@ -115,3 +115,94 @@ class BatchSchedule:
         epoch, k = divmod(iteration, self.batches_per_epoch)
         perm = self._permutation(epoch)
         return perm[k * self.batch_size : (k + 1) * self.batch_size]
+
+
+class DeviceTensorDataset:
+    """An in-memory dataset held on the device as one tensor, so a batch never crosses the bus.
+
+    Built from any dataset by reading all of it once through its own ``get_batch`` (in chunks),
+    so every example has exactly the values the dataset gives batch by batch; ``get_batch``
+    then indexes the device tensor with the (seeded, CPU-computed) batch indices, which keeps
+    the batch order, and with it resuming, identical to the host path.  Everything else
+    (``name``, ``value_range``, ``get_labels``, ...) is the source dataset's; `source` is the
+    dataset itself, for consumers that want host tensors (metrics).
+    """
+
+    def __init__(self, source: ImageDataset, device: torch.device, chunk: int = 4096) -> None:
+        n = len(source)
+        parts = [source.get_batch(torch.arange(i, min(i + chunk, n))).to(device) for i in range(0, n, chunk)]
+        self.images = torch.cat(parts) if parts else torch.empty((0, *source.shape), device=device)
+        self.source = source
+        self.device = device
+        self.name = source.name
+        self.shape = tuple(source.shape)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getattr__(self, name: str):  # only called for attributes not found above
+        if name == "source":
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+    def get_batch(self, index: Tensor) -> Tensor:
+        return self.images.index_select(0, index.to(device=self.device, dtype=torch.long, non_blocking=True))
+
+
+def dataset_nbytes(dataset: ImageDataset) -> int:
+    """The size of a dataset as float32 tensors (what `DeviceTensorDataset` would hold)."""
+    per = 4
+    for v in dataset.shape:
+        per *= int(v)
+    return per * len(dataset)
+
+
+def in_memory(dataset: object) -> bool:
+    """Whether a dataset already holds its examples in memory (not decoded per batch): worth,
+    and cheap, to copy to the device whole.  Known in-memory kinds hold a tensor ``images`` or
+    ``pixels``; a dataset may declare ``in_memory = True/False`` itself."""
+    declared = getattr(dataset, "in_memory", None)
+    if isinstance(declared, bool):
+        return declared
+    return any(isinstance(getattr(dataset, attr, None), Tensor) for attr in ("images", "pixels"))
+
+
+class _ScheduledBatches(torch.utils.data.Dataset):
+    """Item t = the batch of iteration ``start + t`` of a `BatchSchedule`, read through the
+    dataset's own ``get_batch`` (in a DataLoader worker).  With ``part = (rank, world_size)`` the
+    images are that process's share of the batch (``indices.tensor_split(world_size)[rank]``)."""
+
+    def __init__(self, dataset: ImageDataset, schedule: BatchSchedule, start: int, stop: int,
+                 part: tuple[int, int] = (0, 1)) -> None:
+        self.dataset, self.schedule, self.start, self.stop, self.part = dataset, schedule, start, stop, part
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __getitem__(self, t: int) -> tuple[Tensor, Tensor]:
+        idx = self.schedule.indices(self.start + t)
+        rank, world = self.part
+        mine = idx if world == 1 else idx.tensor_split(world)[rank]
+        return self.dataset.get_batch(mine), idx
+
+
+def prefetch_batches(dataset: ImageDataset, schedule: BatchSchedule, start: int, stop: int, *,
+                     workers: int = 4, pin_memory: bool = True, device: Optional[torch.device] = None,
+                     prefetch: int = 2, part: tuple[int, int] = (0, 1)):
+    """Yield ``(images, indices)`` for iterations ``start .. stop - 1`` of `schedule`, read ahead
+    by `workers` DataLoader processes into pinned memory and copied to `device` without blocking.
+    `indices` are the whole batch's; with ``part = (rank, world_size)`` the images are that
+    process's share (see `_ScheduledBatches`).
+
+    For datasets too large to hold on the device (decoded per batch, like LSUN): the batches are
+    exactly the `schedule`'s, in order (the same values `dataset.get_batch` returns), so resuming
+    at `start` stays exact.  ``workers = 0`` reads in this process (no read-ahead)."""
+    loader = torch.utils.data.DataLoader(
+        _ScheduledBatches(dataset, schedule, start, stop, part), batch_size=None, shuffle=False,
+        num_workers=workers, pin_memory=pin_memory and torch.cuda.is_available(),
+        prefetch_factor=prefetch if workers > 0 else None, persistent_workers=False,
+    )
+    for images, idx in loader:
+        if device is not None:
+            images = images.to(device, non_blocking=True)
+        yield images, idx

@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import accel
 from .protocols import LogDensity, SamplerOutput
 
 __all__ = ["langevin_dynamics", "log_density_and_grad"]
@@ -43,7 +44,14 @@ def log_density_and_grad(log_density: LogDensity, x: Tensor) -> tuple[Tensor, Te
     """
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
-        lp = log_density(xg)
+        if accel.current().bf16:
+            # The network runs in bf16; the log-densities are summed (and returned) in float32,
+            # and the gradient reaches the float32 input as float32.
+            with accel.autocast(xg.device.type):
+                lp = log_density(xg)
+            lp = lp.float()
+        else:
+            lp = log_density(xg)
         (grad,) = torch.autograd.grad(lp.sum(), xg)
     return lp.detach(), grad
 
@@ -133,8 +141,33 @@ def langevin_dynamics(
         ``grad_norms[t]`` = batch mean of the per-example gradient L2 norm, both at the state
         entering step t (shape ``[n_steps]``), and ``acceptance`` = the mean MH acceptance rate
         over steps (None without MH).  Every diagnostic is a device tensor.
+
+    The speed options of the run (`coopcore.accel`: ``run.capture_sampler``, ``run.precision``)
+    apply here: a captured run replays this same loop inside a CUDA graph, and under bf16 the
+    network evaluations are autocast while the chains, noise and diagnostics stay float32.
     """
+    options = dict(n_steps=n_steps, drift=drift, noise_std=noise_std, clip=clip, metropolis=metropolis)
+    if accel.capture_enabled(init):
+        return accel.sampler_graphs().run(_langevin_loop, log_density, init, generator, mask, options)
+    return _langevin_loop(log_density, init, generator, mask=mask, **options)
+
+
+def _langevin_loop(
+    log_density: LogDensity,
+    init: Tensor,
+    generator: torch.Generator,
+    *,
+    n_steps: int,
+    drift: float,
+    noise_std: float,
+    mask: Optional[Tensor] = None,
+    clip: Optional[tuple[float, float]] = None,
+    metropolis: bool = False,
+) -> SamplerOutput:
+    """The loop of `langevin_dynamics` (eager, or recorded once into a CUDA graph and replayed)."""
     x = init.detach().clone()
+    if accel.current().bf16 and x.dtype in (torch.bfloat16, torch.float16):
+        x = x.float()  # chains from a network run under autocast: the chain state stays float32
     start = x  # never modified in place: the values kept entries return to
     weight = None if mask is None else mask.to(dtype=x.dtype, device=x.device)
     keep = None if weight is None else (weight <= 0)

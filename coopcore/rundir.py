@@ -40,10 +40,15 @@ from .errors import UsageError
 from .experiment import CONFIG_FILE, ResolvedExperiment
 from .rng import capture_rng_state, restore_rng_state
 
-# Settings that may change between a run and its resumption without changing its results.
+# Settings that may change between a run and its resumption: they change how long, where and how
+# fast it runs, not what it trains (the device and the speed options change the rounding at most).
 RESUMABLE_CHANGES = frozenset({
     "run.iterations", "run.log_every", "run.sample_every", "run.sample_count", "run.checkpoint_every",
     "run.keep_checkpoints", "run.eval_every", "run.device", "run.tensorboard", "run.threads", "data.root",
+    # How fast, not what: the speed options (docs/performance.md) change rounding only, like the
+    # device, and a run started before they existed has none of them in its config.json.
+    "run.capture_sampler", "run.precision", "run.compile", "run.channels_last", "run.fused_adam",
+    "run.data_on_device",
 })
 
 
@@ -75,9 +80,9 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             if a.get(k) != b.get(k) and not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)]
 
 
-def provenance(resolved: ResolvedExperiment, device: torch.device) -> dict[str, Any]:
-    """Where and with what a run was made."""
-    return {
+def provenance(resolved: ResolvedExperiment, device: torch.device, world_size: int = 1) -> dict[str, Any]:
+    """Where and with what a run was made (`world_size`: processes of a torchrun launch, recorded when > 1)."""
+    record = {
         "coopnets_version": __version__,
         "torch_version": str(torch.__version__),
         "python": platform.python_version(),
@@ -89,6 +94,9 @@ def provenance(resolved: ResolvedExperiment, device: torch.device) -> dict[str, 
         "git_commit": git_commit(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if world_size > 1:
+        record["world_size"] = world_size
+    return record
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -149,7 +157,7 @@ class RunDir:
         return not self.path.exists() or (self.path.is_dir() and not any(self.path.iterdir()))
 
     @classmethod
-    def create(cls, path: Path, resolved: ResolvedExperiment, device: torch.device) -> "RunDir":
+    def create(cls, path: Path, resolved: ResolvedExperiment, device: torch.device, world_size: int = 1) -> "RunDir":
         """Make the run directory with its config.json and provenance.json, atomically."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,7 +166,8 @@ class RunDir:
         tmp.mkdir()
         try:
             atomic_write_bytes(tmp / cls.CONFIG, json.dumps(resolved.to_data(), indent=2).encode())
-            atomic_write_bytes(tmp / cls.PROVENANCE, json.dumps(provenance(resolved, device), indent=2).encode())
+            record = provenance(resolved, device, world_size)
+            atomic_write_bytes(tmp / cls.PROVENANCE, json.dumps(record, indent=2).encode())
             try:
                 os.rename(tmp, path)  # replaces an empty directory; fails on a non-empty one
             except OSError:
@@ -306,10 +315,17 @@ class TrainingState:
             self.evaluations = []
 
 
-def checkpoint_payload(experiment: Any, state: TrainingState, generator: torch.Generator) -> dict[str, Any]:
-    """Everything needed to continue bit-exactly, as plain data (tensors, numbers, strings, lists, dicts)."""
+def checkpoint_payload(experiment: Any, state: TrainingState, generator: torch.Generator,
+                       ranks: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Everything needed to continue bit-exactly, as plain data (tensors, numbers, strings, lists, dicts).
+
+    `ranks` (a run on several processes, see `coopcore.distributed`) holds ``world_size`` and
+    the lists ``rng`` and ``objective`` with one entry per rank; it is stored under
+    ``"distributed"``.  Entry 0 of each list is None: the top-level ``rng`` and ``objective``
+    are rank 0's, so single-process tools (`coop sample`, `coop eval`) read such a checkpoint
+    like any other and rank 0's state is not stored twice."""
     parts = experiment.parts
-    return {
+    payload = {
         "coopnets_version": __version__,
         "torch_version": str(torch.__version__),
         "iteration": state.iteration,
@@ -322,15 +338,33 @@ def checkpoint_payload(experiment: Any, state: TrainingState, generator: torch.G
         "evaluations": list(state.evaluations or []),
         "data": DatasetInfo.of(experiment.dataset).to_data(),
     }
+    if ranks is not None:
+        payload["distributed"] = ranks
+    return payload
 
 
-def restore_payload(experiment: Any, payload: dict[str, Any], generator: Optional[torch.Generator]) -> TrainingState:
-    """Load a checkpoint payload into a freshly built experiment; return the run's counters."""
+def saved_world_size(payload: dict[str, Any]) -> int:
+    """How many processes trained the run a checkpoint payload comes from (1 without torchrun)."""
+    ranks = payload.get("distributed")
+    return int(ranks["world_size"]) if ranks else 1
+
+
+def restore_payload(experiment: Any, payload: dict[str, Any], generator: Optional[torch.Generator],
+                    rank: int = 0) -> TrainingState:
+    """Load a checkpoint payload into a freshly built experiment; return the run's counters.
+
+    `rank` picks that process's random streams and objective state from a checkpoint written by
+    several processes (the caller checks the world size first); rank 0's are the top-level ones."""
     parts = experiment.parts
     for role, m in parts.models.items():
         m.load_state_dict(payload["models"][role])
     for role, o in parts.optimizers.items():
         o.load_state_dict(payload["optimizers"][role])
-    experiment.objective.load_state_dict(payload["objective"])
-    restore_rng_state(payload["rng"], generator)
+    ranks = payload.get("distributed")
+    if ranks and rank > 0:
+        experiment.objective.load_state_dict(ranks["objective"][rank])
+        restore_rng_state(ranks["rng"][rank], generator)
+    else:
+        experiment.objective.load_state_dict(payload["objective"])
+        restore_rng_state(payload["rng"], generator)
     return TrainingState(int(payload["iteration"]), int(payload["images_seen"]), list(payload.get("evaluations", [])))

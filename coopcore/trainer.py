@@ -8,6 +8,11 @@ checkpoint, instead of saving garbage.
 
 Ctrl-C finishes the current iteration, saves a checkpoint and exits; a second Ctrl-C aborts at
 once (the previous checkpoint is untouched either way).
+
+Launched by torchrun (a `coopcore.distributed.Distributed` is given), every rank runs this loop
+on its slice of the global batch; gradients are averaged over ranks, scalars are averaged
+(which is also the single host sync), the Ctrl-C request is agreed on, and only rank 0 writes
+logs, sample grids, evaluations and checkpoints (docs/distributed.md).
 """
 from __future__ import annotations
 
@@ -17,18 +22,19 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
 from .build import Experiment
-from .data import BatchSchedule, value_range
-from .errors import CoopError, RunFailure
+from .data import BatchSchedule, DeviceTensorDataset, prefetch_batches, value_range
+from .distributed import Distributed, rank_seed
+from .errors import CoopError, RunFailure, UsageError
 from .images import save_grid
 from .metrics import MetricResult
 from .protocols import Batch
-from .rng import make_generator
-from .rundir import RunDir, TrainingState, checkpoint_payload, restore_payload
+from .rng import capture_rng_state, make_generator
+from .rundir import RunDir, TrainingState, checkpoint_payload, restore_payload, saved_world_size
 
 
 class Interrupted(CoopError):
@@ -57,16 +63,25 @@ class Trainer:
     """Runs the training loop of a built experiment, writing into a run directory."""
 
     def __init__(self, experiment: Experiment, run: RunDir, *, progress: Optional[bool] = None,
-                 echo: Callable[[str], None] = print) -> None:
+                 echo: Callable[[str], None] = print, dist: Optional[Distributed] = None) -> None:
         self.exp = experiment
         self.cfg = experiment.config
         self.run = run
         self.progress = progress
         self.echo = echo
         self.device = experiment.device
-        self.generator = make_generator(self.cfg.run.seed, self.device)
+        self.dist = dist
+        self.rank = dist.rank if dist is not None else 0
+        self.world_size = dist.world_size if dist is not None else 1
+        # Rank 0's stream is the single-process one; other ranks draw from streams of their own.
+        self.generator = make_generator(rank_seed(self.cfg.run.seed, self.rank), self.device)
+        if dist is not None:
+            check_global_batch(len(experiment.dataset), self.cfg.data.batch_size, dist.world_size,
+                                self.cfg.data.drop_last)
+        # data.batch_size is per process: the global batch of iteration t is the single-process
+        # batch of size batch_size * world_size, and this rank takes its slice of it.
         self.schedule = BatchSchedule(
-            len(experiment.dataset), self.cfg.data.batch_size, self.cfg.run.seed,
+            len(experiment.dataset), self.cfg.data.batch_size * self.world_size, self.cfg.run.seed,
             self.cfg.data.shuffle, self.cfg.data.drop_last,
         )
         self.state = TrainingState()
@@ -89,13 +104,33 @@ class Trainer:
 
     # -- state --------------------------------------------------------------------------
     def restore(self, payload: dict[str, Any], checkpoint: Optional[Path] = None) -> None:
-        """Continue from a checkpoint payload (see `coopcore.rundir.checkpoint_payload`)."""
-        self.state = restore_payload(self.exp, payload, self.generator)
+        """Continue from a checkpoint payload (see `coopcore.rundir.checkpoint_payload`).
+
+        A run continues exactly only with the number of processes that trained it (one random
+        stream and one objective state per rank); any other number is refused."""
+        saved = saved_world_size(payload)
+        if saved != self.world_size:
+            raise UsageError(_world_size_message(self.run.path, saved, self.world_size))
+        self.state = restore_payload(self.exp, payload, self.generator, self.rank)
         self.last_checkpoint = checkpoint
 
     def save_checkpoint(self) -> Path:
-        payload = checkpoint_payload(self.exp, self.state, self.generator)
-        self.last_checkpoint = self.run.checkpoints.save(self.state.iteration, payload)
+        """Write a checkpoint (rank 0; with several processes every rank must call this)."""
+        ranks = None
+        if self.dist is not None:
+            mine = None if self.rank == 0 else {"rng": capture_rng_state(self.generator),
+                                                 "objective": self.exp.objective.state_dict()}
+            gathered = self.dist.gather_objects(mine)
+            if gathered is not None:
+                ranks = {"world_size": self.world_size,
+                         "rng": [None] + [g["rng"] for g in gathered[1:]],
+                         "objective": [None] + [g["objective"] for g in gathered[1:]]}
+        if self.rank == 0:
+            payload = checkpoint_payload(self.exp, self.state, self.generator, ranks)
+            self.last_checkpoint = self.run.checkpoints.save(self.state.iteration, payload)
+        else:
+            # Other ranks write nothing; they only track the name rank 0 used.
+            self.last_checkpoint = self.run.checkpoints.path_for(self.state.iteration)
         return self.last_checkpoint
 
     # -- logging ------------------------------------------------------------------------
@@ -107,6 +142,12 @@ class Trainer:
         return self._writer
 
     def _log(self, scalars: dict[str, float], histograms: dict[str, torch.Tensor]) -> None:
+        if self.dist is not None:
+            if self.cfg.run.tensorboard:  # every rank's values, in rank order
+                histograms = {k: self.dist.all_gather_cat(v.detach().float().reshape(-1))
+                              for k, v in histograms.items()}
+            if self.rank != 0:
+                return
         self.run.append_metrics({"iteration": self.iteration, "images_seen": self.state.images_seen, **scalars})
         tb = self._tb()
         if tb is not None:
@@ -117,10 +158,23 @@ class Trainer:
 
     def eval_generator(self, salt: int = 0) -> torch.Generator:
         """A generator for sampling/evaluation that never touches the training stream."""
-        return make_generator(self.cfg.run.seed * 7919 + self.iteration * 31 + salt + 1, self.device)
+        seed = self.cfg.run.seed * 7919 + self.iteration * 31 + salt + 1
+        return make_generator(rank_seed(seed, self.rank), self.device)
+
+    def _samples(self) -> dict[str, torch.Tensor]:
+        """The grid's samples; with several processes each rank draws its share (from its own
+        chains or state) and rank 0 receives all of them, in rank order."""
+        n = self.cfg.run.sample_count
+        if self.dist is None:
+            return self.exp.objective.samples(n, self.eval_generator())
+        share = -(-n // self.world_size)
+        named = self.exp.objective.samples(share, self.eval_generator())
+        return {kind: self.dist.all_gather_cat(images)[:n] for kind, images in sorted(named.items())}
 
     def save_samples(self) -> list[Path]:
-        named = self.exp.objective.samples(self.cfg.run.sample_count, self.eval_generator())
+        named = self._samples()
+        if self.rank != 0:
+            return []
         paths = []
         tb = self._tb()
         vr = value_range(self.exp.dataset)
@@ -135,6 +189,24 @@ class Trainer:
         return paths
 
     def evaluate(self) -> list[MetricResult]:
+        """Compute the recipe's metrics.  With several processes rank 0 evaluates alone (with the
+        gradient averaging paused) and every rank then records the same evaluation records."""
+        if self.dist is None:
+            return self._evaluate()
+        results: list[MetricResult] = []
+        before = len(self.state.evaluations)
+        if self.rank == 0:
+            self.dist.gradients_synchronised(False)
+            try:
+                results = self._evaluate()
+            finally:
+                self.dist.gradients_synchronised(True)
+        records = self.dist.broadcast_object(self.state.evaluations[before:])
+        if self.rank != 0:
+            self.state.evaluations.extend(records)
+        return results
+
+    def _evaluate(self) -> list[MetricResult]:
         results = []
         for i, (label, metric) in enumerate(self.exp.metrics):
             res = self.exp.evaluate(label, metric, self.eval_generator(1000 + i),
@@ -158,6 +230,39 @@ class Trainer:
                 for g, base in zip(opt.param_groups, self._base_lrs[role]):
                     g["lr"] = base * factor
 
+    def _sync_per_example_state(self, local_index: torch.Tensor, global_index: torch.Tensor) -> None:
+        """Make every rank's per-example buffers (an objective's optional ``per_example_state()``:
+        name -> tensor indexed by dataset index) hold the rows every rank just updated."""
+        hook = getattr(self.exp.objective, "per_example_state", None)
+        if hook is None or self.dist is None:
+            return
+        buffers = {k: v for k, v in dict(hook()).items() if v is not None}
+        if buffers:
+            self.dist.sync_rows(buffers, local_index, global_index)
+
+    def _warn_unsynchronised_state(self) -> None:
+        """Say so when an objective keeps tensors with one row per training example but does not
+        declare them with ``per_example_state()``: each rank then sees only its own updates."""
+        objective = self.exp.objective
+        if hasattr(objective, "per_example_state"):
+            return
+        n = len(self.exp.dataset)
+        found: list[str] = []
+
+        def visit(value: Any, path: str) -> None:
+            if isinstance(value, torch.Tensor):
+                if value.dim() >= 1 and value.shape[0] == n:
+                    found.append(path)
+            elif isinstance(value, dict):
+                for k, v in value.items():
+                    visit(v, f"{path}.{k}" if path else str(k))
+
+        visit(objective.state_dict(), "")
+        if found:
+            self.echo(f"warning: objective '{self.exp.resolved.objective.name}' keeps per-example state "
+                      f"({', '.join(found)}) without declaring per_example_state(); with {self.world_size} "
+                      "processes each keeps its own copy and sees only its own updates (docs/distributed.md)")
+
     def _install_sigint(self):
         if threading.current_thread() is not threading.main_thread():
             return None
@@ -178,6 +283,21 @@ class Trainer:
             self.run_dir, self.last_checkpoint,
         )
 
+    def _batches(self, start: int, stop: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(this process's images, the whole batch's indices) of iterations start .. stop - 1: read
+        ahead by `data.workers` DataLoader processes for a dataset read from storage, else read
+        here (a dataset held on the device is indexed there).  The same batches either way."""
+        part = (self.rank, self.world_size)
+        dataset = self.exp.dataset
+        if self.cfg.data.workers > 0 and not isinstance(dataset, DeviceTensorDataset):
+            yield from prefetch_batches(dataset, self.schedule, start, stop, workers=self.cfg.data.workers,
+                                        device=self.device, part=part)
+            return
+        for it in range(start, stop):
+            idx = self.schedule.indices(it)
+            mine = idx if self.world_size == 1 else idx.tensor_split(self.world_size)[self.rank]
+            yield dataset.get_batch(mine), idx
+
     def fit(self) -> TrainSummary:
         from tqdm import tqdm
 
@@ -189,23 +309,40 @@ class Trainer:
         previous = self._install_sigint()
         start, start_iteration = time.perf_counter(), self.iteration
         last: dict[str, float] = {}
-        bar = tqdm(total=run.iterations, initial=self.iteration, disable=(self.progress is False) or None,
+        dist = self.dist
+        bar = tqdm(total=run.iterations, initial=self.iteration,
+                   disable=(self.progress is False or self.rank != 0) or None,
                    dynamic_ncols=True, desc=self.cfg.run.name)
+        stop_agreed = False  # with several processes: every rank saw a stop request by the last iteration
+        feed: Optional[Iterator[tuple[torch.Tensor, torch.Tensor]]] = None
         try:
             for model in self.exp.parts.models.values():
                 model.train()
+            if dist is not None:
+                dist.synchronise_models(self.exp.parts.models.values())
+            feed = self._batches(self.iteration, run.iterations)
             while self.iteration < run.iterations:
-                if self._stop.is_set():
+                if stop_agreed if dist is not None else self._stop.is_set():
                     path = self.save_checkpoint()
                     raise Interrupted(path, self.iteration)
                 self._apply_lr_schedule()
-                idx = self.schedule.indices(self.iteration)
-                batch = Batch(self.exp.dataset.get_batch(idx), idx).to(self.device)
+                images, idx = next(feed)
+                mine = idx if dist is None else idx.tensor_split(self.world_size)[self.rank]
+                batch = Batch(images, mine).to(self.device)
                 result = self.exp.objective.step(batch, self.generator)
+                if dist is not None:
+                    self._sync_per_example_state(mine, idx)
+                    if self.iteration == start_iteration and self.rank == 0:
+                        self._warn_unsynchronised_state()
                 self.state.iteration += 1
                 self.state.images_seen += int(idx.numel())
                 names = list(result.scalars)
-                values = torch.stack([result.scalars[k].detach().float().reshape(()) for k in names]).cpu().tolist()
+                stacked = torch.stack([result.scalars[k].detach().float().reshape(()) for k in names])
+                if dist is not None:
+                    # the mean over ranks (the combined batch's mean for per-example means) and the
+                    # stop request, in one collective that is also this iteration's host sync
+                    stacked, stop_agreed = dist.mean_with_flag(stacked, self._stop.is_set())
+                values = stacked.cpu().tolist()
                 last = dict(zip(names, values))
                 if not all(math.isfinite(v) for v in values):
                     raise self._divergence(last)
@@ -229,6 +366,8 @@ class Trainer:
                 self.evaluate()
                 self.save_checkpoint()  # keep the evaluation record in the final checkpoint
         finally:
+            if feed is not None:
+                feed.close()  # stops DataLoader workers of an interrupted run
             bar.close()
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
@@ -240,3 +379,31 @@ class Trainer:
             start_iteration=start_iteration, device=str(self.device),
         )
 
+
+def check_global_batch(n: int, batch_size: int, world_size: int, drop_last: bool) -> None:
+    """Every rank must get an equal, non-empty slice of every global batch."""
+    total = batch_size * world_size
+    if total > n:
+        raise UsageError(
+            f"'data.batch_size' is {batch_size} per process, so {world_size} processes need {total} examples per "
+            f"iteration, but the dataset has only {n}; lower data.batch_size or start fewer processes"
+        )
+    if not drop_last and n % total:
+        raise UsageError(
+            f"'data.drop_last' = false leaves a last batch of {n % total} examples per epoch, which "
+            f"{world_size} processes cannot split evenly (batch_size {batch_size} per process); set "
+            "data.drop_last = true or choose a batch size for which the dataset size is a multiple of "
+            "batch_size * processes"
+        )
+
+
+def _world_size_message(path: Path, saved: int, now: int) -> str:
+    def count(k: int) -> str:
+        return "one process" if k == 1 else f"{k} processes"
+
+    how = ("`coop train ... --resume`" if saved == 1 else
+           f"`torchrun --nproc-per-node {saved} -m coopcore.cli train ... --resume` or "
+           f"`coop train --nproc {saved} ... --resume`")
+    return (f"--resume: {path} was trained by {count(saved)}, but this is {count(now)}. Its checkpoints hold one "
+            f"random stream and one objective state per process, so the run continues exactly only with the same "
+            f"number: resume it with {how}.")

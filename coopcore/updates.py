@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from . import accel
 from .protocols import EnergyModel
 
 __all__ = ["contrastive_update", "grad_norm"]
@@ -36,9 +37,19 @@ def contrastive_update(
 
     Returns:
         ``(loss, f(x_obs) [B], f(x_syn) [B'])``, all detached device tensors.
+
+    Under ``run.precision = "bf16"`` (`coopcore.accel`) both passes run under bf16 autocast and
+    the scores are cast to float32 before they are averaged; parameters, their gradients and the
+    optimiser state stay float32.
     """
-    f_obs = model.score(x_obs)
-    f_syn = model.score(x_syn.detach())
+    if accel.current().bf16:
+        with accel.autocast(x_obs.device.type):
+            f_obs = model.score(x_obs)
+            f_syn = model.score(x_syn.detach())
+        f_obs, f_syn = f_obs.float(), f_syn.float()
+    else:
+        f_obs = model.score(x_obs)
+        f_syn = model.score(x_syn.detach())
     loss = f_syn.mean() - f_obs.mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -202,6 +202,11 @@ class Multigrid:
         start, _ = observed_block_means(y, observed, self.sizes[0])
         return self._chain(start, generator, y, observed)[-1].samples.detach()
 
+    def per_example_state(self) -> dict[str, Tensor]:
+        """The 1 x 1 start images and which examples were seen, indexed by training example (the
+        histogram p^(0) draws from): a run on several processes keeps them identical on every rank."""
+        return {"pool": self.starts.pool, "seen": self.starts.seen}
+
     def state_dict(self) -> dict[str, Any]:
         return self.starts.state_dict()
 

@@ -139,6 +139,14 @@ class Abp:
         return recovery_error_over(self.occlusion, dataset, self.options.pixel_range, batch_size, refill)
 
     # -- state ------------------------------------------------------------------------------
+    def per_example_state(self) -> dict[str, Tensor]:
+        """The latents and the imputed pixels, indexed by training example: a run on several
+        processes keeps them identical on every rank (coopcore's optional per-example-state hook)."""
+        state = {} if self.latents is None else {"latents": self.latents}
+        if self.occlusion is not None:
+            state["imputed"] = self.occlusion.imputed
+        return state
+
     def state_dict(self) -> dict[str, Any]:
         """The per-example latents and the occlusion masks and imputations."""
         return {"latents": None if self.latents is None else self.latents.detach().cpu(),

@@ -231,6 +231,11 @@ class Vae:
         return recovery_error_over(occ, dataset, self.options.pixel_range, batch_size, refill)
 
     # -- state ------------------------------------------------------------------------------
+    def per_example_state(self) -> dict[str, Tensor]:
+        """The imputed pixels, indexed by training example: a run on several processes keeps them
+        identical on every rank (coopcore's optional per-example-state hook)."""
+        return {} if self.occlusion is None else {"imputed": self.occlusion.imputed}
+
     def state_dict(self) -> dict[str, Any]:
         """The occlusion masks and imputations (empty without an occlusion)."""
         return {} if self.occlusion is None else {"occlusion": self.occlusion.state_dict()}
