@@ -13,6 +13,7 @@ from .numerics import apply_portable_numerics as _apply_portable_numerics
 
 _apply_portable_numerics()
 
+from .chains import draw_from_chains
 from .config import OptionError, all_positive, in_range, non_negative, optional_positive, positive, preset_options
 from .data import BatchSchedule, ImageDataset, TensorImageDataset, minmax_to_unit_range, value_range
 from .errors import CheckpointError, ConfigError, CoopError, RegistryError, RunFailure, UsageError
@@ -43,7 +44,7 @@ __all__ = [
     "Batch", "BatchSchedule", "CheckpointError", "ConfigError", "CoopError", "Encoder", "EnergyModel",
     "EnergyModelBase", "EvalContext", "Generator", "GeneratorBase", "ImageDataset", "LogDensity", "Metric",
     "MetricResult", "NoOptions", "Objective", "OptionError", "Parts", "RegistryError", "RunFailure", "Sampler", "SamplerOutput",
-    "StepResult", "TensorImageDataset", "UsageError", "all_positive", "value_range", "draw_samples", "generator_log_joint",
+    "StepResult", "TensorImageDataset", "UsageError", "all_positive", "value_range", "draw_from_chains", "draw_samples", "generator_log_joint",
     "hookimpl", "in_range", "minmax_to_unit_range", "non_negative", "optional_positive", "positive", "preset_options",
     # Shared numerical kernels (coopcore.langevin, coopcore.updates, coopcore.layers).
     "contrastive_update", "conv_padding", "grad_norm", "init_normal", "langevin_dynamics", "log_density_and_grad",

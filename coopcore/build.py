@@ -190,7 +190,7 @@ def build_experiment(resolved: ResolvedExperiment, device: torch.device, data_ro
                   for role, oc in cfg.optimizers.items()}
     parts = Parts(
         models=models, samplers=samplers, optimizers=optimizers, n_train=len(dataset), device=device,
-        data_shape=tuple(dataset.shape),
+        data_shape=tuple(dataset.shape), examples=lambda idx: dataset.get_batch(idx).to(device),
     )
     objective = resolved.objective.create(parts=parts)
     accel.wrap_objective_step(objective, settings, device)

@@ -19,7 +19,7 @@ _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspo
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def init_normal(module: nn.Module, std: Optional[float], *, norm_std: float = 0.0) -> None:
+def init_normal(module: nn.Module, std: Optional[float], *, norm_std: float = 0.0, zero_bias: bool = True) -> None:
     """Initialise every (transposed) convolution and linear layer of `module` with N(0, std) weights.
 
     Layers are visited in ``module.modules()`` order, each drawing from PyTorch's global
@@ -31,6 +31,9 @@ def init_normal(module: nn.Module, std: Optional[float], *, norm_std: float = 0.
         std: Standard deviation of the weights; None leaves PyTorch's default initialisation.
         norm_std: Standard deviation of the batch-norm scales around 1 (DCGAN and the
             divergence-triangle code use ``norm_std = std``; CoopNets uses 0).
+        zero_bias: Set the convolution / linear biases to 0 (TensorFlow's initialiser); False
+            leaves them as PyTorch drew them when the layers were built (the DCGAN-style
+            PyTorch code of the divergence triangle initialises the weights only).
 
     Raises:
         ValueError: If `std` is given but not > 0.
@@ -42,7 +45,7 @@ def init_normal(module: nn.Module, std: Optional[float], *, norm_std: float = 0.
     for m in module.modules():
         if isinstance(m, _WEIGHTED):
             nn.init.normal_(m.weight, 0.0, std)
-            if m.bias is not None:
+            if m.bias is not None and zero_bias:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, _NORMS) and m.affine:
             if norm_std > 0:

@@ -180,6 +180,9 @@ class Parts:
             Algorithm G's latents or persistent chains (`Batch.index` indexes it).
         device: the device the run trains on.
         data_shape: the shape of one training example (``dataset.shape``), e.g. ``(1, 28, 28)``.
+        examples: training examples by index: ``examples(idx)`` returns ``[len(idx), *data_shape]``
+            on `device`, for objectives whose samples start from observed data (contrastive
+            divergence); None when the experiment was built without its training set.
     """
 
     models: dict[str, nn.Module]
@@ -188,6 +191,7 @@ class Parts:
     n_train: int
     device: torch.device
     data_shape: tuple[int, ...]
+    examples: Optional[Callable[[Tensor], Tensor]] = None
 
 
 @runtime_checkable

@@ -11,7 +11,8 @@ conventions of the implementation are stated once and applied by hand:
   public code), BatchNorm (gamma, beta) after every hidden layer the table marks "BN: Yes";
   the inference model's "conv(100) -> mu, sigma" is two parallel heads (mu, log sigma^2);
 - TPAMI: every convolution / transposed convolution / fully connected layer has a bias (the
-  authors' code), BatchNorm between the generator's layers (Section 4 preamble), descriptor
+  authors' code), BatchNorm between the generator's layers (Section 4 preamble) with a learned
+  shift and no scale (TensorFlow's batch_norm defaults in the authors' code), descriptor
   convolutions with TensorFlow "same" padding (28 -> 14 -> 7 -> 4).
 
 The networks are built on PyTorch's meta device: shapes and parameter counts without compute
@@ -41,6 +42,11 @@ def conv(c_in: int, c_out: int, *kernel: int, bias: bool = True) -> int:
 
 def bn(c: int) -> int:
     return 2 * c
+
+
+def bn_shift(c: int) -> int:
+    """TensorFlow's batch_norm with its defaults (the TPAMI code): a shift beta, no scale."""
+    return c
 
 
 def fc(n_in: int, n_out: int) -> int:
@@ -104,7 +110,7 @@ NETWORKS: dict[str, tuple[str, dict[str, Any], tuple[int, ...], list[tuple[int, 
         conv(1, 64, 4, 4) + conv(64, 128, 4, 4) + conv(128, 256, 4, 4) + fc(256 * 4 * 4, 100)),
     "coopnets.generator.mnist": ("generator", {}, (100,),
         [(512, 4, 4), (256, 7, 7), (128, 14, 14), (1, 28, 28)],
-        conv(100, 512, 4, 4) + bn(512) + conv(512, 256, 4, 4) + bn(256) + conv(256, 128, 4, 4) + bn(128)
+        conv(100, 512, 4, 4) + bn_shift(512) + conv(512, 256, 4, 4) + bn_shift(256) + conv(256, 128, 4, 4) + bn_shift(128)
         + conv(128, 1, 4, 4)),
     # TPAMI 4.2-4.3 (objects and scenes 64x64): 64 5x5 s2, 128 3x3 s2, 256 3x3 s1, fc 100; the
     # generator is DCGAN's ("the same as [21]"): 4x4x512 -> 256 -> 128 -> 64 -> 3, 5x5 up 2.
@@ -113,8 +119,8 @@ NETWORKS: dict[str, tuple[str, dict[str, Any], tuple[int, ...], list[tuple[int, 
         conv(3, 64, 5, 5) + conv(64, 128, 3, 3) + conv(128, 256, 3, 3) + fc(256 * 16 * 16, 100)),
     "coopnets.generator.scene": ("generator", {}, (100,),
         [(512, 4, 4), (256, 8, 8), (128, 16, 16), (64, 32, 32), (3, 64, 64)],
-        conv(100, 512, 4, 4) + bn(512) + conv(512, 256, 5, 5) + bn(256) + conv(256, 128, 5, 5) + bn(128)
-        + conv(128, 64, 5, 5) + bn(64) + conv(64, 3, 5, 5)),
+        conv(100, 512, 4, 4) + bn_shift(512) + conv(512, 256, 5, 5) + bn_shift(256) + conv(256, 128, 5, 5) + bn_shift(128)
+        + conv(128, 64, 5, 5) + bn_shift(64) + conv(64, 3, 5, 5)),
     # TPAMI 4.2 (aligned objects): 100 4x4 s2, 64 2x2 s1, fc with one output.
     "coopnets.descriptor.aligned_object": ("energy", {}, (3, 64, 64),
         [(100, 32, 32), (64, 32, 32), (1,)],
@@ -131,7 +137,7 @@ NETWORKS: dict[str, tuple[str, dict[str, Any], tuple[int, ...], list[tuple[int, 
         conv(3, 64, 5, 5) + conv(64, 128, 3, 3) + conv(128, 256, 3, 3) + fc(256 * 4 * 4, 100)),
     "coopnets.generator.cifar": ("generator", {}, (100,),
         [(256, 4, 4), (128, 8, 8), (64, 16, 16), (3, 32, 32)],
-        conv(100, 256, 4, 4) + bn(256) + conv(256, 128, 5, 5) + bn(128) + conv(128, 64, 5, 5) + bn(64)
+        conv(100, 256, 4, 4) + bn_shift(256) + conv(256, 128, 5, 5) + bn_shift(128) + conv(128, 64, 5, 5) + bn_shift(64)
         + conv(64, 3, 5, 5)),
     # TPAMI 4.5 CelebA 128x128: descriptor {64, 128, 256}, filters {5, 3, 3}, sub-sampling
     # {2, 2, 1}, fc 100; generator {512, 256, 128, 64, 3}, kernels {4, 5, 5, 5, 5},
@@ -141,8 +147,8 @@ NETWORKS: dict[str, tuple[str, dict[str, Any], tuple[int, ...], list[tuple[int, 
         conv(3, 64, 5, 5) + conv(64, 128, 3, 3) + conv(128, 256, 3, 3) + fc(256 * 32 * 32, 100)),
     "coopnets.generator.celeba128": ("generator", {}, (100,),
         [(512, 4, 4), (256, 8, 8), (128, 32, 32), (64, 64, 64), (3, 128, 128)],
-        conv(100, 512, 4, 4) + bn(512) + conv(512, 256, 5, 5) + bn(256) + conv(256, 128, 5, 5) + bn(128)
-        + conv(128, 64, 5, 5) + bn(64) + conv(64, 3, 5, 5)),
+        conv(100, 512, 4, 4) + bn_shift(512) + conv(512, 256, 5, 5) + bn_shift(256) + conv(256, 128, 5, 5) + bn_shift(128)
+        + conv(128, 64, 5, 5) + bn_shift(64) + conv(64, 3, 5, 5)),
     # TPAMI 4.5 LSUN bedroom 256x256: descriptor {64, 128, 256, 512, 512}, filters
     # {5, 5, 5, 5, 3}, sub-sampling 2, fc 10; generator: FC under z (width not printed: 100 in
     # the preset), {512, 256, 128, 64, 3}, kernels {16, 5, 5, 5, 5}, up-sampling {1, 2, 2, 2, 2}.
@@ -152,8 +158,8 @@ NETWORKS: dict[str, tuple[str, dict[str, Any], tuple[int, ...], list[tuple[int, 
         + conv(512, 512, 3, 3) + fc(512 * 8 * 8, 10)),
     "coopnets.generator.lsun256": ("generator", {}, (100,),
         [(100,), (512, 16, 16), (256, 32, 32), (128, 64, 64), (64, 128, 128), (3, 256, 256)],
-        fc(100, 100) + conv(100, 512, 16, 16) + bn(512) + conv(512, 256, 5, 5) + bn(256)
-        + conv(256, 128, 5, 5) + bn(128) + conv(128, 64, 5, 5) + bn(64) + conv(64, 3, 5, 5)),
+        fc(100, 100) + conv(100, 512, 16, 16) + bn_shift(512) + conv(512, 256, 5, 5) + bn_shift(256)
+        + conv(256, 128, 5, 5) + bn_shift(128) + conv(128, 64, 5, 5) + bn_shift(64) + conv(64, 3, 5, 5)),
     # TPAMI 4.6 face completion 64x64: 96 5x5 s2, 128 5x5 s2, 256 5x5 s2, fc 50.
     "coopnets.descriptor.inpainting": ("energy", {}, (3, 64, 64),
         [(96, 32, 32), (128, 16, 16), (256, 8, 8), (50,)],
@@ -167,8 +173,8 @@ NETWORKS: dict[str, tuple[str, dict[str, Any], tuple[int, ...], list[tuple[int, 
         conv(3, 100, 15, 15) + conv(100, 70, 9, 9) + conv(70, 30, 7, 7)),
     "coopnets.generator.texture": ("generator", {}, (1, 7, 7),
         [(512, 14, 14), (256, 28, 28), (128, 56, 56), (64, 112, 112), (3, 224, 224)],
-        conv(1, 512, 5, 5) + bn(512) + conv(512, 256, 5, 5) + bn(256) + conv(256, 128, 5, 5) + bn(128)
-        + conv(128, 64, 5, 5) + bn(64) + conv(64, 3, 5, 5)),
+        conv(1, 512, 5, 5) + bn_shift(512) + conv(512, 256, 5, 5) + bn_shift(256) + conv(256, 128, 5, 5) + bn_shift(128)
+        + conv(128, 64, 5, 5) + bn_shift(64) + conv(64, 3, 5, 5)),
     # TPAMI 4.7 dynamic textures, clips [3 colours, 64 frames, 128, 128].  Descriptor: 120
     # 5x5x5 filters sub-sampling 2; 30 spatially fully connected filters of temporal size 5
     # (sub-sampling 2); 10 1x1x5 filters (sub-sampling 2).  Generator: latent 5 channels x 10
@@ -179,7 +185,7 @@ NETWORKS: dict[str, tuple[str, dict[str, Any], tuple[int, ...], list[tuple[int, 
         conv(3, 120, 5, 5, 5) + conv(120, 30, 5, 64, 64) + conv(30, 10, 5, 1, 1)),
     "coopnets.generator.spatial_temporal": ("generator", {}, (5, 10, 1, 1),
         [(256, 14, 1, 1), (128, 32, 32, 32), (64, 64, 64, 64), (3, 64, 128, 128)],
-        conv(5, 256, 5, 1, 1) + bn(256) + conv(256, 128, 5, 32, 32) + bn(128) + conv(128, 64, 5, 5, 5) + bn(64)
+        conv(5, 256, 5, 1, 1) + bn_shift(256) + conv(256, 128, 5, 32, 32) + bn_shift(128) + conv(128, 64, 5, 5, 5) + bn_shift(64)
         + conv(64, 3, 2, 5, 5)),
 }
 
@@ -254,3 +260,36 @@ def test_triangle_table6_literal_4x4_head():
         assert sum(p.numel() for p in net.parameters()) == (
             conv(1, 128, 4, 4, bias=False) + conv(128, 256, 4, 4, bias=False) + conv(256, 512, 4, 4, bias=False)
             + heads * conv(512, c_out, 4, 4))
+
+
+def test_coopnets_generator_crops_and_normalises_as_the_tensorflow_code():
+    """The MNIST generator's 4 -> 7 layer (4x4 kernel, stride 2: 10 full rows, 3 too many) keeps
+    rows 1..7 as TensorFlow's 'SAME' does (1 dropped before, 2 after), and its batch norm is
+    TensorFlow's default: batch statistics, eps 1e-3, a shift and no scale."""
+    import torch.nn.functional as F
+
+    from coop_coopnets.layers import BatchNormShift, CroppedConvTranspose
+
+    torch.manual_seed(0)
+    g = get_registries().generator.create("coopnets.generator.mnist")
+    convs = [m for m in g.net if isinstance(m, CroppedConvTranspose)]
+    norms = [m for m in g.net if isinstance(m, BatchNormShift)]
+    assert len(convs) == 4 and len(norms) == 3
+    layer = convs[1]
+    x = torch.randn(3, 512, 4, 4)
+    full = F.conv_transpose2d(x, layer.conv.weight, layer.conv.bias, stride=2)
+    assert full.shape[-2:] == (10, 10)
+    assert torch.allclose(layer(x), full[..., 1:8, 1:8], atol=1e-6)
+    bn = norms[0]
+    assert [n for n, _ in bn.named_parameters()] == ["bias"]
+    with torch.no_grad():
+        bn.bias.copy_(torch.linspace(-1, 1, bn.bias.numel()))
+    h = torch.randn(5, bn.bias.numel(), 4, 4) * 3 + 1
+    mean = h.mean(dim=(0, 2, 3), keepdim=True)
+    var = h.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    expected = (h - mean) / torch.sqrt(var + 1e-3) + bn.bias.view(1, -1, 1, 1)
+    assert torch.allclose(bn(h), expected, atol=1e-5)
+    entry = get_registries().generator.get("coopnets.generator.mnist")
+    scaled = get_registries().generator.create(
+        "coopnets.generator.mnist", entry.options(batch_norm_scale=True, batch_norm_eps=1e-5))
+    assert [n.split(".")[-1] for n, _ in scaled.net[1].named_parameters()] == ["bias", "weight"]

@@ -76,8 +76,10 @@ def test_paper_architecture_shapes():
     g = REG.generator.create("coopnets.generator.mnist")
     chans, z = [], torch.zeros(2, 100)
     x = g.fc(z).view(2, -1, 1, 1)
+    from coop_coopnets.layers import CroppedConvTranspose
+
     for m in g.net:
         x = m(x)
-        if isinstance(m, torch.nn.ConvTranspose2d):
-            chans.append((m.out_channels, x.shape[-1]))
+        if isinstance(m, CroppedConvTranspose):
+            chans.append((m.conv.out_channels, x.shape[-1]))
     assert chans == [(512, 4), (256, 7), (128, 14), (1, 28)]

@@ -94,9 +94,13 @@ def test_resampling_is_the_fir_filter_away_from_borders():
 
 
 def test_channel_schedule_of_the_cifar_config_and_capacity():
+    # The formula with StyleGAN2-ADA's PyTorch channel_base (32768, `cifar`): the capacity reading
+    # the networks no longer default to (tests/test_coopinit_settings.py has CoopInit's table).
     assert [channels_at(r, 32768, 512, 1.0) for r in (4, 8, 16, 32)] == [512, 512, 512, 512]
     assert [channels_at(r, 32768, 512, 0.25) for r in (4, 8, 16, 32)] == [512, 512, 512, 256]
     assert [channels_at(r, 32768, 512, 1 / 16) for r in (4, 8, 16, 32)] == [512, 256, 128, 64]
+    # the default channel_base, 2 M = 16384, at s = 1 is the same `cifar` network up to 32x32
+    assert [channels_at(r, 16384, 512, 1.0) for r in (4, 8, 16, 32)] == [512, 512, 512, 512]
 
 
 def _small_d(**kw) -> StyleGAN2Discriminator:

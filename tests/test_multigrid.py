@@ -273,13 +273,13 @@ def _descriptor(shape, grid=3):
         grid=grid, input_shape=tuple(shape), channels=(4, 6), kernels=(3, 3), strides=(2, 1)))
 
 
-def _single_parts(n_steps=2, n_train=8, shape=(3, 16, 16), step=2.0):
+def _single_parts(n_steps=2, n_train=8, shape=(3, 16, 16), step=2.0, examples=None):
     model = _descriptor(shape)
     sampler = _Recording(MultigridLangevin(MultigridLangevinOptions(n_steps=n_steps, step_size=step,
                                                                     clip=(0.0, 255.0))))
     return Parts(models={"descriptor": model}, samplers={"revision": sampler},
                  optimizers={"descriptor": torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.5, 0.999))},
-                 n_train=n_train, device=torch.device("cpu"), data_shape=tuple(shape))
+                 n_train=n_train, device=torch.device("cpu"), data_shape=tuple(shape), examples=examples)
 
 
 def _grid_parts(n_steps=2, sizes=(4, 16), n_train=8, step=2.0):
@@ -296,7 +296,8 @@ def _images(n, size=16, seed=0):
 
 
 def test_cd1_chains_start_at_the_data():
-    parts = _single_parts(n_steps=1)
+    data = _images(8, seed=3)
+    parts = _single_parts(n_steps=1, examples=lambda idx: data[idx])
     obj = CD1(CD1Options(), parts)
     x = _images(4)
     res = obj.step(Batch(x, torch.arange(4)), torch.Generator().manual_seed(0))
@@ -304,10 +305,49 @@ def test_cd1_chains_start_at_the_data():
     assert torch.equal(init, x) and mask is None
     assert not torch.equal(out, x)  # one step moved them
     assert torch.isfinite(res.scalars["loss_descriptor"])
-    assert torch.equal(obj.samples(6, torch.Generator())["revised"], torch.cat([out, out[:2]]))
     x2 = _images(4, seed=1)  # CD restarts at the new batch every iteration
     obj.step(Batch(x2, torch.arange(4, 8)), torch.Generator().manual_seed(1))
     assert torch.equal(parts.samplers["revision"].calls[1][0], x2)
+
+
+def test_cd1_samples_are_fresh_chains_from_distinct_training_images():
+    """CD's samples are the method's chains: l steps from observed images, each image used once
+    per pass over the training set (it used to tile the last batch's chains into n)."""
+    data = _images(8, seed=3)
+    parts = _single_parts(n_steps=1, examples=lambda idx: data[idx])
+    rec = parts.samplers["revision"]
+    obj = CD1(CD1Options(), parts)
+    obj.step(Batch(data[:4], torch.arange(4)), torch.Generator().manual_seed(0))
+    out = obj.samples(6, torch.Generator().manual_seed(1))["revised"]
+    init = rec.calls[-1][0]
+    assert out.shape == (6, 3, 16, 16) and torch.equal(out, rec.calls[-1][2])
+    starts = [next(i for i in range(8) if torch.equal(row, data[i])) for row in init]
+    assert len(set(starts)) == 6  # six distinct training images
+    assert len({tuple(r.flatten().tolist()) for r in out}) == 6
+    more = obj.samples(12, torch.Generator().manual_seed(1))["revised"]  # > n_train: two passes
+    assert more.shape[0] == 12 and len({tuple(r.flatten().tolist()) for r in more}) == 12
+    first_pass = [next(i for i in range(8) if torch.equal(row, data[i])) for row in rec.calls[-1][0][:8]]
+    assert sorted(first_pass) == list(range(8))
+    bare = CD1(CD1Options(), _single_parts(n_steps=1))
+    with pytest.raises(RuntimeError, match="training images"):
+        bare.samples(2, torch.Generator())
+
+
+def test_pcd_samples_more_than_its_chains_without_repeating_them():
+    """An evaluation larger than the chain store continues the chains instead of drawing copies."""
+    for options, n_train in ((PersistentCDOptions(), 8), (PersistentCDOptions(chains="fixed", n_chains=4), 8)):
+        parts = _single_parts(n_steps=2, n_train=n_train)
+        obj = PersistentCD(options, parts)
+        x = _images(8)
+        g = torch.Generator().manual_seed(0)
+        obj.step(Batch(x[:4], torch.arange(4)), g)
+        stored = obj.chains.clone() if options.chains == "fixed" else obj.buffer[:4].clone()
+        out = obj.samples(10, torch.Generator().manual_seed(2))["revised"]
+        assert out.shape == (10, 3, 16, 16)
+        assert len({tuple(r.flatten().tolist()) for r in out}) == 10
+        assert all(any(torch.equal(o, c) for c in stored) for o in out[:4])  # the stored chains first
+        after = obj.chains if options.chains == "fixed" else obj.buffer[:4]
+        assert torch.equal(after, stored)  # evaluation leaves the training chains alone
 
 
 def test_pcd_chains_persist_per_image_and_round_trip_through_state_dict():

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from coop_coopnets.layers import (
+    BatchNormShift,
     CroppedConvTranspose,
     SpatiallyFullConv3d,
     SpatiallyFullConvTranspose3d,
@@ -143,7 +144,7 @@ def test_paper_generator_sizes():
     assert kernels == [(5, 1, 1), (5, 32, 32), (5, 5, 5), (2, 5, 5)]  # (frames, pixels, pixels)
     strides = [tuple(m.conv.stride) for m in g.net if isinstance(m, CroppedConvTranspose)]
     assert strides == [(1, 1, 1), (2, 1, 1), (2, 2, 2), (1, 2, 2)]
-    assert sum(isinstance(m, torch.nn.BatchNorm3d) for m in g.net) == 3
+    assert sum(isinstance(m, BatchNormShift) for m in g.net) == 3
     assert isinstance(g.net[-1], torch.nn.Tanh)
 
 

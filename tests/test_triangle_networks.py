@@ -155,3 +155,29 @@ def test_impossible_geometry_is_a_config_error_naming_the_field(role, options, f
     with pytest.raises(ConfigError) as err:
         structure(entry.options, options, f"models.{role}.options")
     assert f"models.{role}.options.{field}" in str(err.value)
+
+
+def test_biases_keep_pytorchs_initialisation_unless_zero_bias():
+    """The public code initialises weights only (N(0, 0.02)): the output layer's and the heads'
+    biases keep PyTorch's uniform(+-1/sqrt(fan_in)) draw; zero_bias = true zeroes them."""
+    from coopcore.plugin_manager import get_registries
+
+    reg = get_registries()
+    for family, name in (("energy", "triangle.ebm.mnist"), ("generator", "triangle.generator.mnist"),
+                         ("encoder", "triangle.encoder.mnist")):
+        registry = getattr(reg, family)
+        torch.manual_seed(0)
+        net = registry.create(name)
+        biases = {n: p for n, p in net.named_parameters() if n.endswith("bias") and p.dim() == 1}
+        convs = {n: m for n, m in net.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
+                 and m.bias is not None}
+        assert convs, name
+        for n, m in convs.items():
+            fan_in = m.weight[0].numel()  # PyTorch's rule: weight.size(1) * kernel area, both kinds
+            b = m.bias.detach()
+            assert b.abs().max() > 0 and b.abs().max() <= 1 / fan_in**0.5, (name, n)
+        zeroed = registry.create(name, registry.get(name).options(zero_bias=True))
+        for n, m in zeroed.named_modules():
+            if n in convs:
+                assert torch.equal(m.bias, torch.zeros_like(m.bias)), (name, n)
+        assert biases

@@ -10,6 +10,10 @@ convolution and crops it exactly as that code does, or appends the rows a larger
 needs (they receive only the bias, as TensorFlow's 'VALID' transposed convolution with a larger
 ``output_shape`` and PyTorch's ``output_padding`` do).
 
+`BatchNormShift` is the batch normalisation of the authors' TensorFlow generators
+(``tf.contrib.layers.batch_norm`` with its defaults): batch statistics, eps 1e-3, a learned shift
+and no learned scale.
+
 The spatial-temporal nets' "spatially fully connected" layers (a filter spanning the whole
 spatial map, convolutional in time only) are `nn.Conv3d` / `nn.ConvTranspose3d` subclasses with
 the same parameters and results, computed as one matrix product per frame window: PyTorch's CPU
@@ -155,3 +159,27 @@ class CroppedConvTranspose(nn.Module):
 
     def extra_repr(self) -> str:
         return f"crops={self.crops}, size_out={self.size_out}"
+
+
+class BatchNormShift(nn.Module):
+    """Batch normalisation over the batch and every spatial (and temporal) position, always with
+    the batch's own statistics, then a learned per-channel shift beta and, optionally, a learned
+    scale gamma.
+
+    TensorFlow's ``tf.contrib.layers.batch_norm``, which the authors' CoopNets code calls with its
+    defaults, has ``scale=False`` and ``epsilon=0.001``; PyTorch's ``nn.BatchNorm2d`` learns a
+    scale and uses 1e-5.  With ``scale=False`` the layer has one parameter, ``bias`` (beta, 0 at
+    the start); with ``scale=True`` also ``weight`` (gamma, 1 at the start).
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-3, scale: bool = False) -> None:
+        super().__init__()
+        self.eps = float(eps)
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.weight = nn.Parameter(torch.ones(channels)) if scale else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.bias.numel()}, eps={self.eps}, scale={self.weight is not None}"

@@ -30,6 +30,8 @@ from coopcore import (
     transposed_conv_stride,
 )
 
+from .layers import BatchNormShift, CroppedConvTranspose
+
 
 def _activation(name: str, leak: float) -> nn.Module:
     if name == "relu":
@@ -140,8 +142,12 @@ class ConvGeneratorOptions:
     activation: Literal["leaky_relu", "relu", "elu", "swish"] = "leaky_relu"
     # Negative slope of leaky_relu (ignored by the other activations).
     leak: float = attrs.field(default=0.2, validator=non_negative)
-    # Batch normalisation after each hidden transposed conv.
+    # Batch normalisation after each hidden transposed conv (batch statistics always).
     batch_norm: bool = True
+    # Learn a BN scale gamma too (PyTorch's BatchNorm2d); the authors' code learns the shift only.
+    batch_norm_scale: bool = False
+    # BN epsilon: 1e-3 as TensorFlow's batch_norm in the authors' code (PyTorch's default is 1e-5).
+    batch_norm_eps: float = attrs.field(default=1e-3, validator=positive)
     # Output non-linearity: tanh (images in [-1, 1]) or none (linear output).
     output: Literal["tanh", "none"] = "tanh"
     # Weights ~ N(0, init_std) (code 0.005); None keeps PyTorch's default init.
@@ -178,12 +184,15 @@ class ConvGenerator(GeneratorBase):
         size = 1
         outs = (*options.channels, options.out_channels)
         for i, (s, k, ch) in enumerate(zip(options.sizes, options.kernels, outs)):
-            stride, pad, out_pad = _generator_layer(size, s, k)
-            layers.append(nn.ConvTranspose2d(c, ch, k, stride, pad, out_pad))
+            stride, _, _ = _generator_layer(size, s, k)
+            # The full transposed output cropped as TensorFlow's 'SAME' does (the smaller half of
+            # the excess before, the larger after; e.g. 4 -> 7 with a 4x4 stride-2 kernel drops 1
+            # row before and 2 after), which PyTorch's symmetric padding cannot express.
+            layers.append(CroppedConvTranspose(c, ch, (k, k), (stride, stride), (size, size), (s, s)))
             if i < len(outs) - 1:
                 if options.batch_norm:
                     # Batch statistics always, as in the authors' code; no running buffers.
-                    layers.append(nn.BatchNorm2d(ch, track_running_stats=False))
+                    layers.append(BatchNormShift(ch, options.batch_norm_eps, options.batch_norm_scale))
                 layers.append(act())
             c, size = ch, s
         if options.output == "tanh":

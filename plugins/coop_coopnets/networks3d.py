@@ -54,7 +54,7 @@ from coopcore import (
     same_padding,
 )
 
-from .layers import CroppedConvTranspose, SpatiallyFullConv3d, transposed_crop
+from .layers import BatchNormShift, CroppedConvTranspose, SpatiallyFullConv3d, transposed_crop
 from .networks import _activation
 
 Activation = Literal["relu", "leaky_relu", "elu", "swish"]
@@ -186,6 +186,9 @@ class SpatialTemporalGeneratorOptions:
     spatial_kernel: int = attrs.field(default=5, validator=positive)
     spatial_strides: tuple[int, int] = attrs.field(default=(2, 2), validator=all_positive)
     batch_norm: bool = True
+    # BN as the authors' TensorFlow code: shift only, eps 1e-3 (see ConvGenerator's options).
+    batch_norm_scale: bool = False
+    batch_norm_eps: float = attrs.field(default=1e-3, validator=positive)
     activation: Activation = "relu"
     leak: float = attrs.field(default=0.2, validator=non_negative)
     output: Literal["tanh", "none"] = "tanh"
@@ -267,7 +270,7 @@ class SpatialTemporalGenerator(GeneratorBase):
             if i < len(specs) - 1:
                 if o.batch_norm:
                     # Batch statistics always (the code's batch_norm in training mode).
-                    layers.append(nn.BatchNorm3d(cout, track_running_stats=False))
+                    layers.append(BatchNormShift(cout, o.batch_norm_eps, o.batch_norm_scale))
                 layers.append(_activation(o.activation, o.leak))
         if o.output == "tanh":
             layers.append(nn.Tanh())

@@ -35,7 +35,8 @@ import torch
 from torch import Tensor
 
 from coopcore import (
-    Batch, Parts, StepResult, UsageError, contrastive_update, generator_log_joint, grad_norm, non_negative, positive,
+    Batch, Parts, StepResult, UsageError, contrastive_update, draw_from_chains, generator_log_joint, grad_norm,
+    non_negative, positive,
 )
 
 
@@ -259,14 +260,7 @@ class AlgorithmD:
         samples scores n distinct images.  The training chains themselves are left as they are."""
         if self.chains is None:
             raise RuntimeError("Algorithm D has no chains before its first iteration")
-        blocks, chains, total = [], self.chains, 0
-        while True:
-            blocks.append(chains)
-            total += chains.shape[0]
-            if total >= n:
-                break
-            chains = self.revision.run(self._log_p, chains, generator).samples.detach()
-        return {"chains": torch.cat(blocks)[:n].clone()}
+        return {"chains": draw_from_chains(self.chains, n, lambda y: self.revision.run(self._log_p, y, generator).samples)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"chains": None if self.chains is None else self.chains.detach().cpu()}
@@ -337,6 +331,11 @@ class AlgorithmG:
     def samples(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
         with torch.no_grad():
             return {"generator": self.generator(self.generator.sample_latent(n, generator))}
+
+    def per_example_state(self) -> dict[str, Tensor]:
+        """The persistent latents, indexed by training example: a run on several processes keeps
+        them identical on every rank (coopcore's optional per-example-state hook)."""
+        return {} if self.latents is None else {"latents": self.latents}
 
     def state_dict(self) -> dict[str, Any]:
         return {"latents": None if self.latents is None else self.latents.detach().cpu()}

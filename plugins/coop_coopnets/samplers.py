@@ -40,12 +40,20 @@ class LangevinOptions:
     noise_scale: float = attrs.field(default=1.0, validator=non_negative)
     # [low, high] to clamp to after each step; none = no clipping.
     clip: Optional[tuple[float, float]] = None
-    # Metropolis-Hastings correction of each step (MALA); needs the noise on.
+    # Metropolis-Hastings correction of each step (MALA); needs the noise on and no clipping.
     metropolis: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.clip is not None and not self.clip[0] < self.clip[1]:
             raise ValueError(f"'clip' must be [low, high] with low < high, got {list(self.clip)}")
+        if self.metropolis and self.clip is not None:
+            # A clamped Gaussian proposal puts point masses on the bounds; the acceptance ratio
+            # would use the unclamped density, so the chain would not leave p invariant.
+            raise ValueError("'metropolis' cannot be combined with 'clip': the correction assumes the "
+                             "unclipped Gaussian proposal; drop one of them")
+        if self.metropolis and (not self.noise or self.noise_scale == 0):
+            raise ValueError("'metropolis' needs the Langevin noise (noise = true, noise_scale > 0): "
+                             "without noise there is nothing to accept or reject")
 
 
 LangevinRevisionOptions = preset_options(

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from coopcore import EnergyModelBase, GeneratorBase, all_positive, non_negative, optional_positive, positive
 
-from .layers import CroppedConvTranspose, transposed_crop
+from .layers import BatchNormShift, CroppedConvTranspose, transposed_crop
 from .networks import _activation, _init_normal, _same_length
 
 Activation = Literal["relu", "leaky_relu", "elu", "swish"]
@@ -121,6 +121,9 @@ class TextureGeneratorOptions:
     # Up-sampling of every layer (paper: 2).
     upsampling: int = attrs.field(default=2, validator=positive)
     batch_norm: bool = True
+    # BN as the authors' TensorFlow code: shift only, eps 1e-3 (see ConvGenerator's options).
+    batch_norm_scale: bool = False
+    batch_norm_eps: float = attrs.field(default=1e-3, validator=positive)
     # Paper: ReLU; the code: LeakyReLU 0.2 (default).
     activation: Activation = "leaky_relu"
     leak: float = attrs.field(default=0.2, validator=non_negative)
@@ -168,7 +171,7 @@ class TextureGenerator(GeneratorBase):
             layers.append(CroppedConvTranspose(c, ch, (o.kernel, o.kernel), up, (side, side), (nxt, nxt)))
             if i < len(outs) - 1:
                 if o.batch_norm:
-                    layers.append(nn.BatchNorm2d(ch, track_running_stats=False))
+                    layers.append(BatchNormShift(ch, o.batch_norm_eps, o.batch_norm_scale))
                 layers.append(_activation(o.activation, o.leak))
             c, side = ch, nxt
         if o.output == "tanh":

@@ -16,11 +16,14 @@ trained on.
 
 Choices where the paper is silent (each an option):
 
-- Langevin noise.  Eq. 4 prints eps ~ N(0, sqrt(2 eta) I); we read sqrt(2 eta) as the standard
-  deviation (the Langevin discretisation whose stationary law is exp(D) as eta -> 0).  With the
-  recommended eta = 1 that is a per-pixel std of 1.41 at every step, which swamps images in
-  [-1, 1]; the paper gives no other value, so the default follows the print and `noise_scale`
-  multiplies it (0 = noise-free revision, as several EBM codes do in practice).
+- Langevin noise.  Eq. 4 prints eps ~ N(0, sqrt(2 eta) I); `noise_scale` = 1 (the default) reads
+  sqrt(2 eta) as the standard deviation (the Langevin discretisation whose stationary law is
+  exp(D) as eta -> 0) and `noise_scale` multiplies it.  With the recommended eta = 1 that is a
+  per-pixel std of 1.41 at every step on images in [-1, 1], and measured on the digits and on a
+  CIFAR-10 stand-in it makes the descriptor's scores run away (docs/coopinit.md), and Table 12's
+  eta = 5 (std 3.16 per step) is hard to reconcile with it.  The default transcribes the print; the
+  Table-1 recipe states its reading, noise_scale = 0: T noise-free gradient steps of size eta,
+  the short-run revision several EBM codes use in practice.
 - Chains per iteration: as many as the batch (n in Algorithm 1); no clipping of x~.
 - Optimisers: one per network for the whole run.  At the switch to the adversarial stage
   the Adam state is kept by default (Algorithm 2 "seamlessly transits"; the moments forget the
@@ -191,7 +194,8 @@ class CoopInitOptions(GanOptions):
     eta: float = _eta()
     # Number of Langevin steps T (paper default 10).
     langevin_steps: int = _steps()
-    # Multiplies the Langevin noise std sqrt(2 eta) (1 = as printed; 0 = no noise).
+    # Multiplies the Langevin noise std sqrt(2 eta) (1 = as printed; 0 = no noise, the Table-1
+    # recipe's reading: the printed noise makes the scores run away at eta = 1).
     noise_scale: float = _noise_scale()
     # Clear both optimisers' state (Adam moments, step counts) at the switch; paper silent.
     reset_optimizers: bool = False

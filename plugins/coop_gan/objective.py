@@ -14,8 +14,17 @@ Losses are those of CoopInit appendix C (NS, hinge, WAS, WAS-GP with lambda = 10
 Choices where the papers are silent or where we depart from StyleGAN2-ADA's code:
 
 - Lazy R1 (every k-th D update, scaled by k) is added to that update's loss; StyleGAN2-ADA
-  takes a separate optimiser step for it and therefore rescales Adam's lr and betas by
-  k / (k + 1).  Same expected gradient; no rescaling is needed here.
+  takes a separate optimiser step for it (Dreg), so it makes k + 1 Adam steps where we make k.
+  Same expected gradient per iteration.
+- StyleGAN2-ADA's optimiser settings.  StyleGAN2-ADA builds each network's Adam with
+  lr * k/(k+1) and betas ** (k/(k+1)), k = that network's lazy-regularisation interval (G 4,
+  D 16; its `cifar` config keeps both), and applies this whenever the interval is set, whether
+  or not the regulariser is on: with path-length regularisation off (`cifar`) the generator
+  still trains at 0.8 x the nominal lr with beta2 = 0.99 ** 0.8 ~ 0.992, and with gamma = 0 the
+  discriminator at 16/17 x lr (its regularisation phases then compute no gradient and leave
+  Adam untouched).  So the rescaling is part of the base model's effective settings, not a
+  correction for the extra step: `lazy_adam_intervals = [4, 16]` reproduces it on the
+  optimisers the recipe builds; the default [0, 0] leaves them as written.
 - The same real batch serves every D update of an iteration (d_steps > 1).
 - WGAN with weight clipping (Arjovsky et al. 2017, Algorithm 1): `weight_clip = c` clamps every
   discriminator parameter to [-c, c] right after each discriminator step (the paper: c = 0.01,
@@ -45,6 +54,13 @@ def _optional_positive(instance: Any, attribute: attrs.Attribute, value: Optiona
     """Validator: > 0 or none."""
     if value is not None and not value > 0:
         raise ValueError(f"'{attribute.name}' must be > 0 or \"none\" (no clipping), got {value!r}")
+
+
+def _two_non_negative(instance: Any, attribute: attrs.Attribute, value: tuple[int, ...]) -> None:
+    """Validator: exactly two integers >= 0."""
+    if len(value) != 2 or any(int(v) != v or v < 0 for v in value):
+        raise ValueError(f"'{attribute.name}' must be two integers >= 0 ([generator, discriminator]), "
+                         f"got {list(value)!r}")
 
 
 def _optional_non_negative(instance: Any, attribute: attrs.Attribute, value: Optional[float]) -> None:
@@ -86,6 +102,11 @@ class GanOptions(EmaOptions):
     # WGAN weight clipping: after every discriminator step each of its parameters is clamped to
     # [-weight_clip, weight_clip] (Arjovsky et al.: 0.01); "none" = off.
     weight_clip: Optional[float] = attrs.field(default=None, validator=_optional_positive)
+    # [k_G, k_D]: StyleGAN2-ADA's lazy-regularisation intervals, which set its effective Adam
+    # settings: each optimiser runs at lr * k/(k+1) with betas ** (k/(k+1)) (StyleGAN2-ADA: [4, 16]
+    # in every config, `cifar` included, regulariser on or off).  0 = that optimiser as the recipe
+    # builds it (the default, [0, 0]).  Applied once, when the objective is built.
+    lazy_adam_intervals: tuple[int, int] = attrs.field(default=(0, 0), validator=_two_non_negative)
 
     def __attrs_post_init__(self) -> None:
         if self.loss == "wgan_gp" and self.gp_lambda == 0:
@@ -102,6 +123,33 @@ class GanOptions(EmaOptions):
     def base_loss(self) -> str:
         """The loss function without the penalty ("wgan_gp" is "wgan" + gradient penalty)."""
         return "wgan" if self.loss == "wgan_gp" else self.loss
+
+
+def lazy_ratio(interval: int) -> float:
+    """StyleGAN2-ADA's minibatch ratio k/(k+1) for a lazy-regularisation interval k (1 for k = 0:
+    no lazy regularisation, settings as given)."""
+    return interval / (interval + 1) if interval > 0 else 1.0
+
+
+def apply_lazy_adam_ratio(optimizer: torch.optim.Optimizer, interval: int) -> None:
+    """Give `optimizer` StyleGAN2-ADA's effective settings for lazy interval k: lr * k/(k+1) and,
+    where the algorithm has them, betas ** (k/(k+1)).
+
+    Idempotent: each parameter group records the ratio it carries ("lazy_ratio"; saved with the
+    optimiser's state), so building the objective again on a resumed optimiser, or loading a
+    checkpoint into a freshly rescaled one, never rescales twice.
+    """
+    ratio = lazy_ratio(interval)
+    for group in optimizer.param_groups:
+        done = group.get("lazy_ratio", 1.0)
+        if done == ratio:
+            continue
+        # Undo a different earlier ratio first, so the result depends only on `interval`.
+        scale = ratio / done
+        group["lr"] = group["lr"] * scale
+        if "betas" in group:
+            group["betas"] = tuple(b ** scale for b in group["betas"])
+        group["lazy_ratio"] = ratio
 
 
 def clip_parameters(module: nn.Module, c: float) -> None:
@@ -138,6 +186,11 @@ class Adversarial:
         self.options = options
         self.descriptor, self.generator = descriptor, generator
         self.opt_d, self.opt_g = opt_d, opt_g
+        # StyleGAN2-ADA's effective Adam settings (lazy_adam_intervals); no-op for [0, 0].  These
+        # are the optimisers of the whole run (CoopInit's cooperative stage uses them too).
+        k_g, k_d = options.lazy_adam_intervals
+        apply_lazy_adam_ratio(opt_g, k_g)
+        apply_lazy_adam_ratio(opt_d, k_d)
         # Number of discriminator updates so far: decides when lazy R1 is due; checkpointed.
         self.d_updates = 0
 

@@ -35,10 +35,21 @@ Choices where the description leaves something open (options where it matters):
   `"const"` fixes them at construction (StyleGAN2's `noise_mode='const'`), `"none"` drops them.
 - Minibatch std: groups of min(group size, N) examples; when N is not a multiple, the largest
   divisor of N below the group size (StyleGAN2 requires a multiple).
-- Capacity: CoopInit scales its networks by "M s" (Tables 8-9; M = 2^13 "as in Karras et al."
-  without saying how it enters); `capacity` multiplies channel_base, so capacity = 1/4 with the
-  default channel_base of the `cifar` config (32768) gives 512-512-512-256 channels at
-  4-8-16-32, and Table 9's discriminator scales are `capacity` of the discriminator alone.
+- Capacity: CoopInit scales its networks by "M s" (Section 5.4, Tables 8-9; M = 2^13 "in
+  Karras et al. (2020a)", without saying how it enters).  We read M s as the TensorFlow
+  StyleGAN2 `fmap_base`, whose layers at resolution r have fmap_base / (r/2) channels; in this
+  module's PyTorch-style formula that is channel_base = 2 M = 16384 (the default) and
+  capacity = s: channels(r) = min(s * 16384 / r, 512).  Section 5.4 fixes the reading: its base
+  model is s = 1/4, for which, following DiffAugment (Zhao et al. 2020b), the paper "halve[s]
+  the number of channels of feature maps at higher resolution layers (i.e., 16x16 and above)":
+  512-512-256-128 at 4-8-16-32, which is DiffAugment's CIFAR
+  StyleGAN2 (TF fmap_base 2048 = 2^13 / 4); and s = 1 is the network of Table 1's baseline
+  (FID 6.40 with gamma = 0.01), StyleGAN2-ADA's `cifar` (512 at every resolution up to 32x32).
+  The other reading, s times StyleGAN2-ADA's PyTorch channel_base 32768, gives 512-512-512-256
+  at s = 1/4 (halving only at 32x32) and the same network for s = 1/2 and s = 1, which Table 9
+  reports as different; it is `channel_base = 32768`.  Table 9's discriminator scales are
+  `capacity` of the discriminator alone (the generator stays at s = 1/4).  `capacity_table`
+  lists the channels per resolution.
 - Conditioning (Table 8's "+Cond"), mixed precision and conv clamping are not implemented.
 """
 from __future__ import annotations
@@ -61,9 +72,24 @@ def _power_of_two(instance: object, attribute: attrs.Attribute, value: int) -> N
         raise ValueError(f"'{attribute.name}' must be a power of two >= 4, got {value!r}")
 
 
+# CoopInit's M (Section 5.4: "M = 2^13 in Karras et al. (2020a)"), read as TF StyleGAN2's
+# fmap_base, and the PyTorch-style channel_base it amounts to: TF gives a layer at resolution r
+# fmap_base / (r/2) channels, so channel_base = 2 M (see the module docstring).
+COOPINIT_M = 2**13
+COOPINIT_CHANNEL_BASE = 2 * COOPINIT_M
+
+
 def channels_at(res: int, channel_base: int, channel_max: int, capacity: float) -> int:
     """Feature maps at resolution `res`: min(capacity * channel_base / res, channel_max), >= 1."""
     return max(1, min(int(capacity * channel_base / res), channel_max))
+
+
+def capacity_table(capacity: float, resolution: int = 32, channel_base: int = COOPINIT_CHANNEL_BASE,
+                   channel_max: int = 512) -> dict[int, int]:
+    """Channels per resolution (4 .. `resolution`) of the StyleGAN2 pair at CoopInit's scale
+    s = `capacity` (the defaults are the networks' defaults)."""
+    res = [2**i for i in range(2, int(math.log2(resolution)) + 1)]
+    return {r: channels_at(r, channel_base, channel_max, capacity) for r in res}
 
 
 def lrelu(x: Tensor) -> Tensor:
@@ -206,9 +232,13 @@ class StyleGAN2GeneratorOptions:
     w_dim: int = attrs.field(default=512, validator=positive)
     mapping_layers: int = attrs.field(default=2, validator=non_negative)
     mapping_lr_mul: float = attrs.field(default=0.01, validator=positive)
-    # channels(r) = min(capacity * channel_base / r, channel_max); `cifar`: 32768 and 512.
-    channel_base: int = attrs.field(default=32768, validator=positive)
+    # channels(r) = min(capacity * channel_base / r, channel_max).  channel_base 16384 = 2 M with
+    # CoopInit's M = 2^13 read as TF's fmap_base, so `capacity` is CoopInit's s (Section 5.4:
+    # s = 1/4 gives 512-512-256-128 at 4-32); at s = 1 every layer up to 32x32 has 512 channels,
+    # exactly StyleGAN2-ADA's `cifar` (channel_base 32768).  32768 = the other reading of "M s".
+    channel_base: int = attrs.field(default=COOPINIT_CHANNEL_BASE, validator=positive)
     channel_max: int = attrs.field(default=512, validator=positive)
+    # CoopInit's scale factor s (Tables 8-9; 1 = Table 1's network).
     capacity: float = attrs.field(default=1.0, validator=_check_scales)
     # Noise inputs: "latent" (drawn with z, part of the latent vector), "const" or "none".
     noise_mode: Literal["latent", "const", "none"] = "latent"
@@ -285,7 +315,8 @@ class StyleGAN2DiscriminatorOptions:
     resolution: int = attrs.field(default=32, validator=_power_of_two)
     img_channels: int = attrs.field(default=3, validator=positive)
     architecture: Literal["orig", "skip", "resnet"] = "orig"
-    channel_base: int = attrs.field(default=32768, validator=positive)
+    # As for the generator: channel_base 16384 = 2 M makes `capacity` CoopInit's s.
+    channel_base: int = attrs.field(default=COOPINIT_CHANNEL_BASE, validator=positive)
     channel_max: int = attrs.field(default=512, validator=positive)
     # CoopInit Table 9's "discriminator scale s" (1/16 .. 1).
     capacity: float = attrs.field(default=1.0, validator=_check_scales)

@@ -18,8 +18,9 @@ Completion routes:
   log q(X, Y) = -||M (Y - g(X))||^2 / (2 sigma^2) - ||X||^2 / 2, the squared error over the
   OBSERVED pixels M only (Step G1 of Algorithm G, eq. 15); completion = observed pixels of Y
   and g(X) in the hole.
-- descriptor (multigrid 7.4): Langevin revision of the descriptor, -E(Y) as log-density, with
-  only the missing pixels free to move; the hole starts at 0 (mid-grey in [-1, 1], the
+- descriptor: single-grid Langevin revision of a trained descriptor, -E(Y) as log-density,
+  with only the missing pixels free to move (a generic completion by any descriptor; multigrid
+  Section 7.4's own completion runs the multi-grid chain, which is the `model` route below); the hole starts at 0 (mid-grey in [-1, 1], the
   triangle's zero fill), at the per-image per-channel mean of the observed pixels, or at
   uniform noise over the pixel range (option `init`).
 - any name of `classical_inpainting.CLASSICAL_METHODS` (MRF-l1/l2, inpaint_nans 0-5).

@@ -35,7 +35,9 @@ import attrs
 import torch
 from torch import Tensor
 
-from coopcore import Batch, ConfigError, Parts, StepResult, contrastive_update, grad_norm, in_range, non_negative
+from coopcore import (
+    Batch, ConfigError, Parts, StepResult, contrastive_update, draw_from_chains, grad_norm, in_range, non_negative,
+)
 from coopcore.masks import mask_name_validator as mask_name
 
 from .grids import observed_block_means, upscale_to
@@ -67,6 +69,8 @@ class _FinestGridCD:
         self.optimizer = parts.optimizers["descriptor"]
         self.sampler = parts.samplers["revision"]
         self.device = parts.device
+        self.n_train = parts.n_train
+        self.examples = parts.examples
         self.shape = tuple(parts.data_shape)
         if len(self.shape) != 3:
             raise ConfigError("data", f"this objective needs [C, H, W] images, got shape {list(self.shape)}")
@@ -134,29 +138,26 @@ class CD1(_FinestGridCD):
 
     contract_example = _example({})
 
-    def __init__(self, options: CD1Options, parts: Parts) -> None:
-        super().__init__(options, parts)
-        self.last: Optional[Tensor] = None
-
     def _init(self, batch: Batch, generator: torch.Generator) -> Tensor:
         return batch.x.detach().clone()
 
-    def _keep(self, batch: Batch, synthesised: Tensor) -> None:
-        self.last = synthesised
-
     def samples(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
-        """The last iteration's synthesised images (CD cannot sample from scratch), tiled to n."""
-        if self.last is None:
-            raise RuntimeError("CD1 has no synthesised images before its first iteration")
-        reps = -(-n // self.last.shape[0])
-        return {"revised": self.last.repeat(reps, 1, 1, 1)[:n].clone()}
+        """n samples as CD defines them: chains started at n distinct training images (drawn
+        without replacement; a set smaller than n is gone through in several shuffled passes),
+        each run for the training number of steps."""
+        if self.examples is None:
+            raise RuntimeError("CD1 samples start at training images: build the experiment with its dataset")
+        passes = [torch.randperm(self.n_train, generator=generator, device=generator.device)
+                  for _ in range(-(-n // self.n_train))]
+        idx = torch.cat(passes)[:n].cpu()
+        init = self.examples(idx)
+        return {"revised": self.sampler.run(self._log_p, init, generator).samples.detach()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"last": None if self.last is None else self.last.detach().cpu()}
+        return {}  # CD carries nothing between iterations
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        last = state.get("last")
-        self.last = None if last is None else last.to(self.device)
+        pass  # (checkpoints of earlier versions hold the last samples, which nothing reads now)
 
 
 # ---------------------------------------------------------------------------------------
@@ -213,16 +214,25 @@ class PersistentCD(_FinestGridCD):
         self.started[idx] = True
 
     def samples(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
-        """n persistent chains (with chains = "per_example": drawn among the started ones)."""
+        """n distinct samples of the persistent chains (`coopcore.draw_from_chains`): the stored
+        chains (with chains = "per_example": the started ones, in a random order), then, while
+        more are needed, those chains advanced by further rounds of the training sampler."""
         if self.options.chains == "fixed":
-            if self.chains is None:
-                raise RuntimeError("persistent CD has no chains before its first iteration")
-            reps = -(-n // self.chains.shape[0])
-            return {"revised": self.chains.repeat(reps, 1, 1, 1)[:n].clone()}
-        if not bool(self.started.any()):
+            chains = self.chains
+        else:
+            started = self.started.nonzero().flatten()
+            order = torch.randperm(started.numel(), generator=generator, device=generator.device).to(started.device)
+            chains = self.buffer[started[order]] if started.numel() else None
+        if chains is None:
             raise RuntimeError("persistent CD has no chains before its first iteration")
-        idx = torch.multinomial(self.started.float(), n, replacement=True, generator=generator)
-        return {"revised": self.buffer[idx].clone()}
+        return {"revised": draw_from_chains(chains, n, lambda y: self.sampler.run(self._log_p, y, generator).samples)}
+
+    def per_example_state(self) -> dict[str, Tensor]:
+        """The per-example chains, indexed by training example: a run on several processes keeps
+        them identical on every rank (coopcore's optional per-example-state hook)."""
+        if self.options.chains == "fixed":
+            return {}
+        return {"buffer": self.buffer, "started": self.started}
 
     def state_dict(self) -> dict[str, Any]:
         if self.options.chains == "fixed":
@@ -285,6 +295,11 @@ class SingleGridCD(_FinestGridCD):
         mode = "channel_histogram" if self.options.start == "channel_histogram" else "histogram"
         init = upscale_to(self.starts.draw(n, generator, mode), self.shape[-1])
         return {"revised": self.sampler.run(self._log_p, init, generator).samples.detach()}
+
+    def per_example_state(self) -> dict[str, Tensor]:
+        """The 1 x 1 start images and which examples were seen, indexed by training example (the
+        histogram p^(0) draws from): a run on several processes keeps them identical on every rank."""
+        return {"pool": self.starts.pool, "seen": self.starts.seen}
 
     def state_dict(self) -> dict[str, Any]:
         return self.starts.state_dict()

@@ -36,8 +36,10 @@ Choices where the tables are silent or inconsistent (all options):
   project (the trainer keeps every network in train mode).  BN after every hidden layer where
   the table says "Yes" (`batch_norm`), order conv -> BN -> non-linearity.
 - LeakyReLU slope 0.2 (the paper's "default leaky factor"); ReLU in the generator.
-- Init (paper Section 4 and code): conv weights N(0, 0.02), biases 0, BN gamma N(1, 0.02),
-  beta 0 (`init_std`).
+- Init (paper Section 4 and code): conv weights N(0, 0.02), BN gamma N(1, 0.02), beta 0
+  (`init_std`).  The public code initialises weights only: the biases (those of the output
+  layer and heads, and of hidden layers with `bias = true`) keep PyTorch's default draw,
+  uniform in +-1/sqrt(fan_in); `zero_bias = true` sets them to 0 instead.
 - The EBM's network output is the energy E(x) (the public code's `energy_form = identity`);
   its score is f(x) = -E(x) with a flat reference (reference_std None), so `energy(x)`
   returns the network output.  `reference_std = s` adds TPAMI's Gaussian reference
@@ -100,6 +102,8 @@ class TriangleGeneratorOptions:
     out_activation: Literal["tanh", "relu", "none"] = "tanh"
     # Weights N(0, init_std), BN gamma N(1, init_std) (paper / code: 0.02).
     init_std: float = attrs.field(default=0.02, validator=positive)
+    # Biases 0 at the start; false (public code) keeps PyTorch's default bias initialisation.
+    zero_bias: bool = False
     # Observation noise of the Gaussian model; sqrt(1/2) matches the loss sum ||x - G(z)||^2.
     sigma: float = attrs.field(default=math.sqrt(0.5), validator=positive)
 
@@ -141,7 +145,7 @@ class TriangleGenerator(GeneratorBase):
                 layers.append(nn.ReLU())
             c_in, size = c, s
         self.net = nn.Sequential(*layers)
-        init_normal(self, o.init_std, norm_std=o.init_std)
+        init_normal(self, o.init_std, norm_std=o.init_std, zero_bias=o.zero_bias)
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z.reshape(z.shape[0], -1, 1, 1))
@@ -170,6 +174,8 @@ class _BottomUpOptions:
     # Non-linearity after the head (Table 4 writes LReLU; Tables 5/6 and code: none).
     head_activation: Literal["none", "leaky_relu"] = "none"
     init_std: float = attrs.field(default=0.02, validator=positive)
+    # Biases 0 at the start; false (public code) keeps PyTorch's default bias initialisation.
+    zero_bias: bool = False
 
     def __attrs_post_init__(self) -> None:
         _same_length(channels=self.channels, sizes=self.sizes, kernels=self.kernels, strides=self.strides)
@@ -229,7 +235,7 @@ class TriangleEncoder(nn.Module):
         self.features, c, size = _bottom_up(o)
         self.mu = _head(c, o.latent_dim, size, o)
         self.logvar = _head(c, o.latent_dim, size, o)
-        init_normal(self, o.init_std, norm_std=o.init_std)
+        init_normal(self, o.init_std, norm_std=o.init_std, zero_bias=o.zero_bias)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = self.features(x)
@@ -262,7 +268,7 @@ class TriangleEBM(EnergyModelBase):
         self.options = o
         self.features, c, size = _bottom_up(o)
         self.head = _head(c, 1, size, o)
-        init_normal(self, o.init_std, norm_std=o.init_std)
+        init_normal(self, o.init_std, norm_std=o.init_std, zero_bias=o.zero_bias)
 
     def network_energy(self, x: Tensor) -> Tensor:
         """The network output, E(x) in the public code, one value per example."""
