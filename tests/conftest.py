@@ -65,6 +65,22 @@ def shared_mnist() -> Path:
     return SHARED_DATA
 
 
+def assert_identical(a, b, path="state"):
+    """Nested dicts / lists / tensors equal bit for bit; a failure names the key path."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_identical(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
 def run_cli(args: list[str]) -> int:
     from coopcore.cli import main
 

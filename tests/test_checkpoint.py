@@ -12,7 +12,7 @@ from coopcore.errors import CheckpointError
 from coopcore.experiment import resolve_data
 from coopcore.run import train as train_run
 
-from conftest import run_cli
+from conftest import assert_identical, run_cli
 
 TINY_D = {"name": "coopnets.descriptor", "options": {"input_shape": [1, 16, 16], "channels": [8, 16],
           "kernels": [4, 4], "strides": [2, 2], "fc_outputs": 10, "reference_std": 0.3}}
@@ -47,21 +47,6 @@ def train(data: dict, run_dir: Path, registries, resume: bool = False):
 
 def full_state(summary) -> dict:
     return load_checkpoint(summary.checkpoint)
-
-
-def assert_identical(a, b, path="state"):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            assert_identical(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_identical(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
 
 
 @pytest.mark.parametrize("objective", ["coopnets", "algorithm_d", "algorithm_g"])

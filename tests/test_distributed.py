@@ -27,7 +27,7 @@ import torch
 from coopcore.checkpoint import load_checkpoint
 from coopcore.experiment import resolve_data
 
-from conftest import run_cli
+from conftest import assert_identical, run_cli
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -145,21 +145,6 @@ def train_one(data: dict, out: Path, registries, resume: bool = False):
 
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def assert_identical(a, b, path="state"):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            assert_identical(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_identical(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
 
 
 def test_two_processes_reproduce_the_combined_batch(tmp_path, registries):
