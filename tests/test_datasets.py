@@ -564,3 +564,25 @@ def test_raw_pixel_datasets_declare_their_display_range(tmp_path):
     path = save_grid(raw.get_batch(torch.arange(2)), tmp_path / "g.png", scale=1, value_range=value_range(raw))
     arr = np.asarray(Image.open(path))
     assert set(np.unique(arr[2:6, 2:6])) == {128}  # mid grey, as stored
+
+
+@pytest.mark.parametrize("recipe", ["coopinit-cifar10", "coopinit-cifar10-gan"])
+def test_coopinit_cifar_recipes_train_on_the_real_pixels(tmp_path, recipe, registries):
+    """StyleGAN2-ADA (CoopInit's base) trains on x / 127.5 - 1, and the recipes' FID-50k
+    reference is their training set: neither may be the per-image min-max stretch."""
+    from coopcore.experiment import resolve
+
+    _write_cifar10(tmp_path)
+    # Narrow the first batch's pixels to 40..200, so a per-image stretch would show.
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    with open(path, "rb") as fh:
+        batch = pickle.load(fh)
+    batch[b"data"] = (40 + batch[b"data"].astype(np.int64) * 160 // 255).astype(np.uint8)
+    with open(path, "wb") as fh:
+        pickle.dump(batch, fh)
+    resolved = resolve(recipe, registries=registries)
+    dataset = resolved.data.create(root=tmp_path)
+    expected = torch.from_numpy(batch[b"data"].reshape(-1, 3, 32, 32)).float() / 127.5 - 1.0
+    assert torch.allclose(dataset.get_batch(torch.arange(len(expected))), expected, atol=1e-6)
+    fid = [e for e in resolved.config.eval if e.name == "fid"]
+    assert fid and all(e.options.get("reference") is None for e in fid)  # the training set itself
