@@ -156,8 +156,14 @@ def test_two_processes_reproduce_the_combined_batch(tmp_path, registries):
     one = load_checkpoint(tmp_path / "one" / "checkpoints" / "iter-00000004.ckpt")
     assert two["distributed"]["world_size"] == 2 and "distributed" not in one
     assert two["images_seen"] == one["images_seen"] == 64
+    # Relative to each tensor's largest entry: the two processes sum the batch in two halves, and
+    # the rounding differences grow over four Adam steps (whose normalisation magnifies them on
+    # near-zero gradient entries), so a small entry can differ by more than an elementwise rtol
+    # allows (measured: at most 5e-5 of the tensor's scale with portable numerics, 1e-5 with the
+    # machine's fast kernels).
     for name, p in one["models"]["descriptor"].items():
-        torch.testing.assert_close(two["models"]["descriptor"][name], p, rtol=1e-4, atol=1e-6, msg=name)
+        worst = (two["models"]["descriptor"][name] - p).abs().max().item()
+        assert worst <= 1e-4 * p.abs().max().item() + 1e-6, (name, worst)
     # the chains: rank 0 holds the first half of the combined batch's, rank 1 the second
     chains = torch.cat([two["objective"]["chains"], two["distributed"]["objective"][1]["chains"]])
     torch.testing.assert_close(chains, one["objective"]["chains"], rtol=1e-4, atol=1e-5)
