@@ -256,9 +256,11 @@ class CoopInit:
         return self.tracker.samples(n, generator)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"d_updates": self.adversarial.d_updates, "switched": self.switched, **self.tracker.state_dict()}
+        return {"d_updates": self.adversarial.d_updates, "switched": self.switched, **self.tracker.state_dict(),
+                **self.adversarial.ada_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.adversarial.d_updates = int(state.get("d_updates", 0))
         self.switched = bool(state.get("switched", False))
         self.tracker.load_state_dict(state)
+        self.adversarial.load_ada_state(state)

@@ -33,10 +33,13 @@ Choices where the papers are silent or where we depart from StyleGAN2-ADA's code
 - EMA on by default with StyleGAN2-ADA's `cifar` settings (half-life 500k images, ramp-up
   0.05), since CoopInit's base config uses it; `g_ema_kimg = 0` turns it off.  `samples()`
   draws "generator" from the average (and "generator_raw" from the trained network).
+- ADA (`ada` options table, off by default; ada.py): every D evaluation (reals, fakes, the G
+  loss, the penalties) sees augmented images, p adapting to sign(D(x_real)); ada.py lists where
+  it differs from StyleGAN2-ADA's pipeline.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, Callable, Literal, Mapping, Optional
 
 import attrs
 import torch
@@ -44,6 +47,7 @@ from torch import Tensor, nn
 
 from coopcore import Batch, Parts, StepResult, non_negative, positive
 
+from .ada import Ada, AdaOptions
 from .ema import GeneratorEMA, ema_beta
 from .losses import d_loss, g_loss, gradient_penalty, lazy_r1_penalty
 
@@ -107,6 +111,10 @@ class GanOptions(EmaOptions):
     # in every config, `cifar` included, regulariser on or off).  0 = that optimiser as the recipe
     # builds it (the default, [0, 0]).  Applied once, when the objective is built.
     lazy_adam_intervals: tuple[int, int] = attrs.field(default=(0, 0), validator=_two_non_negative)
+    # Adaptive discriminator augmentation (StyleGAN2-ADA; plugins/coop_gan/ada.py): an `[ada]`
+    # table (augment = "none" | "bgc", augment_p, augment_fixed, ada_target, ada_interval,
+    # ada_kimg, ada_p_max, clamp).  Default: off.  In `coopinit` it acts in the adversarial stage.
+    ada: AdaOptions = attrs.field(factory=AdaOptions)
 
     def __attrs_post_init__(self) -> None:
         if self.loss == "wgan_gp" and self.gp_lambda == 0:
@@ -193,10 +201,22 @@ class Adversarial:
         apply_lazy_adam_ratio(opt_d, k_d)
         # Number of discriminator updates so far: decides when lazy R1 is due; checkpointed.
         self.d_updates = 0
+        # ADA: augmentation before every D evaluation and its adaptive p; None = off (then no
+        # random numbers are drawn and every number is as without it).
+        self.ada = Ada(options.ada) if options.ada.augment != "none" else None
 
     def discriminate(self, x: Tensor) -> Tensor:
         """D(x): the descriptor's score, one logit per example."""
         return self.descriptor.score(x)
+
+    def critic(self, generator: torch.Generator) -> Callable[[Tensor], Tensor]:
+        """D as the losses and penalties see it: D(augment(x)) with ADA on (fresh augmentations
+        from `generator` at each call, as StyleGAN2-ADA augments inside every D evaluation), else
+        `discriminate` itself."""
+        ada = self.ada
+        if ada is None:
+            return self.discriminate
+        return lambda x: self.discriminate(ada.augment(x, generator))
 
     def fake(self, n: int, generator: torch.Generator) -> Tensor:
         return self.generator(self.generator.sample_latent(n, generator))
@@ -206,15 +226,16 @@ class Adversarial:
         o = self.options
         with torch.no_grad():
             x_fake = self.fake(x_real.shape[0], generator)
-        d_real = self.discriminate(x_real)
-        d_fake = self.discriminate(x_fake)
+        critic = self.critic(generator)
+        d_real = critic(x_real)
+        d_fake = critic(x_fake)
         loss = d_loss(o.base_loss, d_real, d_fake)
         zero = torch.zeros((), device=x_real.device)
         gp = r1 = zero
         if o.gp_weight > 0:
-            gp = gradient_penalty(self.discriminate, x_real, x_fake, generator, o.gp_weight)
+            gp = gradient_penalty(critic, x_real, x_fake, generator, o.gp_weight)
         if o.r1_gamma > 0:
-            pen = lazy_r1_penalty(self.discriminate, x_real, self.d_updates, o.r1_gamma, o.r1_interval)
+            pen = lazy_r1_penalty(critic, x_real, self.d_updates, o.r1_gamma, o.r1_interval)
             if pen is not None:
                 r1 = pen
         self.opt_d.zero_grad(set_to_none=True)
@@ -223,13 +244,15 @@ class Adversarial:
         if o.weight_clip is not None:
             clip_parameters(self.descriptor, o.weight_clip)
         self.d_updates += 1
+        if self.ada is not None:
+            self.ada.observe(d_real, x_real.shape[0])  # r_t: signs of D on the augmented reals
         return {"loss_d": loss.detach(), "d_real": d_real.detach(), "d_fake": d_fake.detach(),
                 "gp": gp.detach(), "r1": r1.detach()}
 
     def g_update(self, n: int, generator: torch.Generator) -> Tensor:
         """One generator step on fresh latents; D's parameters get no gradients."""
         with frozen_parameters(self.descriptor):
-            loss_g = g_loss(self.options.base_loss, self.discriminate(self.fake(n, generator)))
+            loss_g = g_loss(self.options.base_loss, self.critic(generator)(self.fake(n, generator)))
             self.opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             self.opt_g.step()
@@ -242,7 +265,19 @@ class Adversarial:
         loss_g = self.g_update(x_real.shape[0], generator)
         scalars = {"loss_d": d["loss_d"], "loss_g": loss_g, "d_real": d["d_real"].mean(),
                    "d_fake": d["d_fake"].mean(), "gp": d["gp"], "r1": d["r1"]}
+        if self.ada is not None:
+            scalars["augment_p"] = torch.tensor(self.ada.p, device=x_real.device)
         return StepResult(scalars=scalars, histograms={"d_real": d["d_real"], "d_fake": d["d_fake"]})
+
+    def ada_state(self) -> dict[str, Any]:
+        """ADA's part of the objective's state ({"ada": p and the r_t accumulator}); empty when
+        ADA is off, so existing checkpoints and states stay as they were."""
+        return {"ada": self.ada.state_dict()} if self.ada is not None else {}
+
+    def load_ada_state(self, state: Mapping[str, Any]) -> None:
+        """Restore ADA's state from an objective state (a state without it keeps the initial p)."""
+        if self.ada is not None and "ada" in state:
+            self.ada.load_state_dict(state["ada"])
 
 
 class EmaTracker:
@@ -320,8 +355,9 @@ class Gan:
         return self.tracker.samples(n, generator)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"d_updates": self.adversarial.d_updates, **self.tracker.state_dict()}
+        return {"d_updates": self.adversarial.d_updates, **self.tracker.state_dict(), **self.adversarial.ada_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.adversarial.d_updates = int(state.get("d_updates", 0))
+        self.adversarial.load_ada_state(state)
         self.tracker.load_state_dict(state)
