@@ -2,8 +2,9 @@
 
 Embedded (no files): `digits` (scikit-learn), `texture` (scikit-image's brick/grass/gravel),
 the bundled synthetic `video` clip and `synthetic`.  From a data root: `mnist`, `cifar10`,
-`cifar100`, `celeba`, `lsun`, `svhn`, `imagenet_folder`, `image_folder`, and `texture` /
-`video` files.
+`cifar100`, `celeba`, `lsun`, `svhn`, `imagenet32`, `imagenet64` (downsampled ImageNet npz
+batches), `imagenet_folder`, `image_folder`, and `texture` / `video` files.  Seeded random
+subsets (``subset``) are drawn by one helper, `subsets.py`.
 
 Conventions shared by the file-backed image datasets: ``split`` picks a documented part in a
 documented, sorted order; ``limit`` keeps the first ``limit`` examples of that split (0 = all);

@@ -48,6 +48,7 @@ from .files import describe, list_images, require_root
 from .imaging import center_box, convert, open_image, resize, to_chw
 from .scaling import SCALINGS, Scaling, one_of
 from .storage import Uint8ImageDataset, decode_stacked
+from .subsets import seeded_draw
 
 ALIGNED_WIDTH = 178  # width of CelebA's img_align_celeba images (178 x 218)
 CANDIDATES = ("celeba/img_align_celeba", "img_align_celeba", "celebA", "celeba", ".")
@@ -107,8 +108,8 @@ def select_files(files: list[Path], subset: int, split_seed: Optional[int], wher
         raise UsageError(f"'data.options.subset' = {subset} asks for more images than {where} holds "
                          f"({len(files)}): use a folder with at least {subset} images or a smaller subset")
     if split_seed is not None:
-        order = np.random.default_rng(split_seed).permutation(len(files))
-        files = [files[i] for i in order]
+        # The draw order matters here (the split is its tail), so keep it rather than sorting.
+        return [files[i] for i in seeded_draw(len(files), subset, split_seed)]
     return files[:subset] if subset else files
 
 

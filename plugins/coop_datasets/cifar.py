@@ -19,6 +19,11 @@ folders, class-interleaved (the first image of every class, then the second of e
 ...), so that a ``limit`` keeps the classes balanced, as a prefix of the shuffled pickles does.
 ``limit`` keeps the first ``limit`` images of the split in that order (0 = all).
 
+``subset = n`` keeps n images of the split drawn at random with ``subset_seed`` (see
+`subsets.py`: nested for one seed, kept in the order above) before ``limit`` applies: the
+limited-data protocol of StyleGAN2-ADA that CoopInit's Tables 10-11 follow (50K / 20K / 10K
+training images of CIFAR-10 and CIFAR-100).  0 = the whole split.
+
 ``download = true`` fetches the pickles with torchvision's downloader when torchvision is
 installed; it is not a dependency of coopnets (it pins its own torch), so otherwise the
 error says where to put the files.
@@ -41,6 +46,7 @@ from .files import describe, list_images, natural_key, require_root, subfolders
 from .imaging import convert, open_image, to_chw
 from .scaling import SCALINGS, Scaling, one_of
 from .storage import Uint8ImageDataset, decode_stacked
+from .subsets import seeded_subset
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
@@ -53,6 +59,10 @@ class CifarOptions:
     split: Literal["train", "test", "all"] = attrs.field(default="train", validator=one_of("train", "test", "all"))
     # Keep only the first `limit` images of the split (0 = all).
     limit: int = attrs.field(default=0, validator=non_negative)
+    # Keep `subset` images of the split drawn at random with `subset_seed` (0 = all; before `limit`).
+    subset: int = attrs.field(default=0, validator=non_negative)
+    # Seed of the subset's draw (numpy PCG64; nested subsets for one seed).
+    subset_seed: int = attrs.field(default=0, validator=non_negative)
     # "minmax" per-image [-1, 1] (CoopNets code), "unit" x/127.5-1, "raw255" floats 0..255.
     scaling: Scaling = attrs.field(default="minmax", validator=one_of(*SCALINGS))
     layout: Literal["auto", "pickle", "folders"] = attrs.field(
@@ -214,7 +224,8 @@ def _decode_cifar_file(path: Path) -> np.ndarray:
     return to_chw(img)
 
 
-def _load_folders(spec: CifarSpec, base: Path, split: str, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_folders(spec: CifarSpec, base: Path, split: str, limit: int, subset: int = 0,
+                  subset_seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     items: list[tuple[Path, int]] = []
     for part in _split_parts(split):
         part_dir = base / part
@@ -230,6 +241,8 @@ def _load_folders(spec: CifarSpec, base: Path, split: str, limit: int) -> tuple[
         if empty:
             raise UsageError(f"{spec.title} class folders without images under {part_dir}: {', '.join(empty)}")
         items.extend(interleave_by_class(per_class))
+    if subset:  # chosen before decoding, so only the subset's files are read
+        items = [items[i] for i in seeded_subset(len(items), subset, subset_seed, f"{spec.title} {split} ({base})")]
     if limit:
         items = items[:limit]
     x = decode_stacked(_decode_cifar_file, [p for p, _ in items], (3, 32, 32))
@@ -263,11 +276,19 @@ def load_cifar(spec: CifarSpec, options: CifarOptions, root: Optional[Path]) -> 
         _download(spec, root)
     name = f"{spec.name}-{options.split}"
     if options.layout in ("auto", "pickle") and pickle_dir.is_dir():
-        x, y = _load_pickles(spec, pickle_dir, options.split, options.limit)
+        if not options.subset:
+            x, y = _load_pickles(spec, pickle_dir, options.split, options.limit)
+        else:  # the draw needs the whole split; the pickles are small (60,000 images = 184 MB)
+            x, y = _load_pickles(spec, pickle_dir, options.split, 0)
+            keep = torch.from_numpy(seeded_subset(len(x), options.subset, options.subset_seed,
+                                                  f"{spec.title} {options.split} ({pickle_dir})"))
+            x, y = x.index_select(0, keep), y.index_select(0, keep)
+            if options.limit:
+                x, y = x[: options.limit], y[: options.limit]
         return Uint8ImageDataset(x, name=name, scaling=options.scaling, labels=y)
     base = find_folders_base(spec, root) if options.layout in ("auto", "folders") else None
     if base is not None:
-        x, y = _load_folders(spec, base, options.split, options.limit)
+        x, y = _load_folders(spec, base, options.split, options.limit, options.subset, options.subset_seed)
         return Uint8ImageDataset(x, name=name, scaling=options.scaling, labels=y)
     hint = "" if options.download else (" Automatic download is off: set data.options.download = true to use "
                                         "torchvision's downloader (needs torchvision installed).")

@@ -15,7 +15,12 @@ the whole image.  Labels: the position of the class in ``classes`` (sorted folde
 `image_folder`: every image under ``<BASE>`` (recursive, natural order of relative paths), no
 labels.  ``crop = "center"`` takes the centred square (the shorter side) before resizing;
 ``"none"`` resizes the whole image.  ``channels`` = 3 (RGB) or 1 (grayscale, Pillow's ITU-R
-601-2 luma).
+601-2 luma).  ``resample``: "bilinear" (antialiased, the filter of every other dataset here and
+the default), "lanczos" (the filter StyleGAN2-ADA's dataset_tool resizes with, e.g. FFHQ
+1024 -> 256 with ``--width=256 --height=256``) or "box" (block averaging); an image already at
+``size`` is not resampled.  FFHQ: ``path = "ffhq/images1024x1024"``, ``size = 256``: the official
+70 folders ``00000/ ... 69000/`` of 1,000 PNGs each are read recursively, in image-number order
+(a 256x256 copy, in folders or flat, is read as is).
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ import torch
 from coopcore import UsageError, non_negative, positive
 
 from .files import ROOT_HINT, describe, list_images, resolve_user_path, subfolders
-from .imaging import center_box, convert, open_image, resize, to_chw
+from .imaging import RESAMPLES, Resample, center_box, convert, open_image, resize, to_chw
 from .scaling import SCALINGS, Scaling, one_of
 from .storage import Uint8ImageDataset, decode_stacked
 
@@ -69,6 +74,8 @@ class ImageFolderOptions:
     scaling: Scaling = attrs.field(default="minmax", validator=one_of(*SCALINGS))
     limit: int = attrs.field(default=0, validator=non_negative)
     channels: Literal[3, 1] = attrs.field(default=3, validator=one_of(3, 1))
+    # Resampling filter of the resize (an image already at `size` is not resampled).
+    resample: Resample = attrs.field(default="bilinear", validator=one_of(*RESAMPLES))
 
 
 def folder_base(dataset: str, root: Optional[Path], path: str, layout: str) -> Path:
@@ -93,10 +100,11 @@ def choose_per_class(files: list[Path], cls: str, n: int, seed: int) -> list[Pat
     return [f for i, f in enumerate(files) if i in chosen]
 
 
-def load_resized(path: Path, size: int, crop: str, color: Literal["rgb", "gray"]) -> np.ndarray:
+def load_resized(path: Path, size: int, crop: str, color: Literal["rgb", "gray"],
+                 resample: Resample = "bilinear") -> np.ndarray:
     img = convert(open_image(path), color)
     box = center_box(*img.size) if crop == "center" else None
-    return to_chw(resize(img, size, box))
+    return to_chw(resize(img, size, box, resample))
 
 
 def imagenet_folder_dataset(options: ImagenetFolderOptions, root: Optional[Path] = None) -> Uint8ImageDataset:
@@ -136,6 +144,6 @@ def image_folder_dataset(options: ImageFolderOptions, root: Optional[Path] = Non
     if not files:
         raise UsageError(f"dataset 'image_folder': no images under {base} ({describe(base)}); expected {layout}")
     color: Literal["rgb", "gray"] = "rgb" if options.channels == 3 else "gray"
-    pixels = decode_stacked(lambda p: load_resized(p, options.size, options.crop, color), files,
+    pixels = decode_stacked(lambda p: load_resized(p, options.size, options.crop, color, options.resample), files,
                             (options.channels, options.size, options.size))
     return Uint8ImageDataset(pixels, name=f"image_folder-{base.name or 'root'}", scaling=options.scaling)

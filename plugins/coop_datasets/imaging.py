@@ -1,7 +1,9 @@
 """Decoding, cropping and resizing single images with Pillow.
 
 Resizing is Pillow's bilinear filter (antialiased when shrinking), the filter of
-`scipy.misc.imresize`, which the CoopNets and multigrid TensorFlow code used.  A crop is a
+`scipy.misc.imresize`, which the CoopNets and multigrid TensorFlow code used.  `resize` also
+offers Lanczos (the filter StyleGAN2-ADA's dataset_tool resizes with, e.g. FFHQ 1024 -> 256)
+and box (block averaging, exact for integer factors such as 1024 -> 256).  A crop is a
 box in continuous pixel coordinates: the pixels it touches are cut out and the box is then
 resampled with `Image.resize(box=...)`, so a centred crop is exactly centred even when the
 margins are odd (no half-pixel shift from rounding), and a crop scaled to a downsampled copy of
@@ -21,6 +23,10 @@ from coopcore import UsageError
 
 Box = tuple[float, float, float, float]
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+Resample = Literal["bilinear", "lanczos", "box"]
+RESAMPLES: tuple[str, ...] = ("bilinear", "lanczos", "box")
+_PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "lanczos": Image.Resampling.LANCZOS,
+                "box": Image.Resampling.BOX}
 
 
 def open_image(source: Union[Path, bytes], what: str = "") -> Image.Image:
@@ -57,8 +63,9 @@ def center_box(width: int, height: int, side: Optional[float] = None) -> Box:
     return (left, top, left + s, top + s)
 
 
-def resize(img: Image.Image, size: int, box: Optional[Box] = None) -> Image.Image:
-    """Crop `box` (the whole image by default) and resample it to size x size, bilinear.
+def resize(img: Image.Image, size: int, box: Optional[Box] = None, resample: Resample = "bilinear") -> Image.Image:
+    """Crop `box` (the whole image by default) and resample it to size x size with the filter
+    `resample` (bilinear by default).
 
     Crop first, then resize: the filter sees only the pixels the box touches (a box with
     half-pixel edges keeps the pixels it cuts through), never the rest of the image, as
@@ -73,7 +80,7 @@ def resize(img: Image.Image, size: int, box: Optional[Box] = None) -> Image.Imag
             box = None
     if box is None and img.size == (size, size):
         return img
-    return img.resize((size, size), resample=Image.Resampling.BILINEAR, box=box)
+    return img.resize((size, size), resample=_PIL_FILTERS[resample], box=box)
 
 
 def to_chw(img: Image.Image) -> np.ndarray:

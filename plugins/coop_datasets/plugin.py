@@ -7,6 +7,7 @@ from .celeba import CelebaOptions, celeba_dataset
 from .cifar import CifarOptions, cifar10_dataset, cifar100_dataset
 from .digits import DigitsOptions, digits_dataset
 from .folders import ImageFolderOptions, ImagenetFolderOptions, image_folder_dataset, imagenet_folder_dataset
+from .imagenet_downsampled import ImagenetDownsampledOptions, imagenet32_dataset, imagenet64_dataset
 from .lsun import LsunOptions, lsun_dataset
 from .mnist import MnistOptions, mnist_dataset
 from .svhn import SvhnOptions, svhn_dataset
@@ -33,6 +34,10 @@ def coop_register_datasets(registry) -> None:
     registry.add("svhn", svhn_dataset, SvhnOptions, "SVHN from train/test/extra_32x32.mat under --data-root")
     registry.add("imagenet_folder", imagenet_folder_dataset, ImagenetFolderOptions,
                  "ImageNet-style <class>/*.JPEG folders with seeded per-class subsampling (TPAMI Table 1)")
+    registry.add("imagenet32", imagenet32_dataset, ImagenetDownsampledOptions,
+                 "downsampled ImageNet 32x32 (1,000 classes) from the official Imagenet32 npz batches")
+    registry.add("imagenet64", imagenet64_dataset, ImagenetDownsampledOptions,
+                 "downsampled ImageNet 64x64 (1,000 classes) from the official Imagenet64 npz batches")
     registry.add("image_folder", image_folder_dataset, ImageFolderOptions,
                  "every image under a folder (recursive, sorted), resized; no labels")
     registry.add("texture", texture_dataset, TextureOptions,
