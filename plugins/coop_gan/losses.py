@@ -15,6 +15,11 @@ is differentiable with respect to its inputs (and through them, the networks).
   eps ~ U[0, 1) per example from an explicit torch.Generator.
 - R1 (Mescheder et al. 2018): gamma / 2 * ||grad_x D(x_real)||^2; with lazy regularisation
   (StyleGAN2) it is applied every k-th step only and multiplied by k.
+- zCR, latent consistency regularisation (Zhao et al. 2021, "Improved consistency
+  regularization for GANs"; CoopInit Table 6): with a perturbed latent z' = z + dz,
+  dz ~ N(0, sigma^2 I), D adds lambda_dis * mean_i (D(G(z_i)) - D(G(z'_i)))^2 (D should not
+  care about a small move in latent space) and G adds -lambda_gen * mean_i ||G(z_i) - G(z'_i)||^2
+  (G should not collapse nearby latents onto one image).
 """
 from __future__ import annotations
 
@@ -128,3 +133,24 @@ def lazy_r1_penalty(critic: Critic, x_real: Tensor, step: int, gamma: float = 10
     if not r1_due(step, interval):
         return None
     return interval * r1_penalty(critic, x_real, gamma)
+
+
+# --- latent consistency regularisation (zCR) ----------------------------------------------
+def perturb_latent(z: Tensor, std: float, generator: torch.Generator) -> Tensor:
+    """z + dz with dz ~ N(0, std^2 I), drawn from `generator` (one draw of z's shape)."""
+    return z + std * torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+
+
+def zcr_discriminator_term(d_fake: Tensor, d_fake_perturbed: Tensor, weight: float) -> Tensor:
+    """zCR's discriminator term: weight * mean_i (D(G(z_i)) - D(G(z_i + dz_i)))^2 on the logits."""
+    return weight * (d_fake - d_fake_perturbed).pow(2).mean()
+
+
+def zcr_generator_term(x: Tensor, x_perturbed: Tensor, weight: float,
+                       reduction: Literal["mean", "sum"] = "mean") -> Tensor:
+    """zCR's generator term: -weight * mean_i d(G(z_i), G(z_i + dz_i)), where d is the squared
+    difference averaged over each example's elements ("mean", the scale of an MSE) or summed
+    (the squared L2 norm, "sum").  Negative: minimising it pushes the two images apart."""
+    sq = (x - x_perturbed).flatten(1).pow(2)
+    per_example = sq.mean(1) if reduction == "mean" else sq.sum(1)
+    return -weight * per_example.mean()

@@ -36,6 +36,13 @@ Choices where the papers are silent or where we depart from StyleGAN2-ADA's code
 - ADA (`ada` options table, off by default; ada.py): every D evaluation (reals, fakes, the G
   loss, the penalties) sees augmented images, p adapting to sign(D(x_real)); ada.py lists where
   it differs from StyleGAN2-ADA's pipeline.
+- zCR (`zcr` options table, off by default; CoopInit Table 6, Zhao et al. 2021): each D update
+  adds lambda_dis * mean (D(G(z)) - D(G(z + dz)))^2, reusing that update's fakes G(z) and D(G(z)),
+  and the G update adds -lambda_gen * mean ||G(z) - G(z + dz)||^2 on its own fresh latents;
+  dz ~ N(0, noise_std^2 I) perturbs the whole latent vector the generator takes (for the
+  StyleGAN2 generator with noise_mode "latent" that includes its noise maps).  With ADA on,
+  D(G(z + dz)) is augmented independently, as every D evaluation is.  Off: no extra random
+  numbers, scalars or state.
 """
 from __future__ import annotations
 
@@ -49,7 +56,15 @@ from coopcore import Batch, Parts, StepResult, non_negative, positive
 
 from .ada import Ada, AdaOptions
 from .ema import GeneratorEMA, ema_beta
-from .losses import d_loss, g_loss, gradient_penalty, lazy_r1_penalty
+from .losses import (
+    d_loss,
+    g_loss,
+    gradient_penalty,
+    lazy_r1_penalty,
+    perturb_latent,
+    zcr_discriminator_term,
+    zcr_generator_term,
+)
 
 LOSSES = ("ns", "hinge", "wgan", "wgan_gp")
 
@@ -86,6 +101,24 @@ class EmaOptions:
 
 
 @attrs.frozen(kw_only=True)
+class ZcrOptions:
+    """Latent consistency regularisation (zCR; Zhao et al. 2021, "Improved consistency
+    regularization for GANs"), CoopInit Table 6's "+ R1 + zCR".  Off while both weights are 0."""
+
+    # lambda_dis: weight of (D(G(z)) - D(G(z + dz)))^2 in D's loss; 0 = no D term.
+    # Zhao et al. 2021: 5 as we read them (docs/coopinit.md, "Table 6 regularisers").
+    weight_dis: float = attrs.field(default=0.0, validator=non_negative)
+    # lambda_gen: weight of -||G(z) - G(z + dz)||^2 in G's loss; 0 = no G term.  Zhao et al.: 0.5.
+    weight_gen: float = attrs.field(default=0.0, validator=non_negative)
+    # sigma_noise: standard deviation of dz ~ N(0, sigma^2 I) (Zhao et al.: 0.03).
+    noise_std: float = attrs.field(default=0.03, validator=positive)
+    # ||G(z) - G(z + dz)||^2 per example: "mean" over its elements (MSE scale) or "sum" (the
+    # squared L2 norm; 3072 times larger on 32x32 RGB).  The paper writes a norm without its
+    # reduction; "mean" keeps lambda_gen independent of the image size.
+    gen_reduction: Literal["mean", "sum"] = attrs.field(default="mean", validator=attrs.validators.in_(("mean", "sum")))
+
+
+@attrs.frozen(kw_only=True)
 class GanOptions(EmaOptions):
     """GAN training with the descriptor as discriminator (NS / hinge / WGAN / WGAN-GP, R1, EMA)."""
 
@@ -115,6 +148,9 @@ class GanOptions(EmaOptions):
     # table (augment = "none" | "bgc", augment_p, augment_fixed, ada_target, ada_interval,
     # ada_kimg, ada_p_max, clamp).  Default: off.  In `coopinit` it acts in the adversarial stage.
     ada: AdaOptions = attrs.field(factory=AdaOptions)
+    # Latent consistency regularisation (zCR): a `[zcr]` table (weight_dis, weight_gen,
+    # noise_std, gen_reduction).  Default: off.  In `coopinit` it acts in the adversarial stage.
+    zcr: ZcrOptions = attrs.field(factory=ZcrOptions)
 
     def __attrs_post_init__(self) -> None:
         if self.loss == "wgan_gp" and self.gp_lambda == 0:
@@ -204,6 +240,8 @@ class Adversarial:
         # ADA: augmentation before every D evaluation and its adaptive p; None = off (then no
         # random numbers are drawn and every number is as without it).
         self.ada = Ada(options.ada) if options.ada.augment != "none" else None
+        # The last G update's extra terms (zCR), for the step's scalars; empty while zCR is off.
+        self.last_g_terms: dict[str, Tensor] = {}
 
     def discriminate(self, x: Tensor) -> Tensor:
         """D(x): the descriptor's score, one logit per example."""
@@ -225,13 +263,22 @@ class Adversarial:
         """One discriminator step; returns its loss terms and the logits (detached)."""
         o = self.options
         with torch.no_grad():
-            x_fake = self.fake(x_real.shape[0], generator)
+            # = self.fake(n), with the latents kept for zCR's perturbation.
+            z = self.generator.sample_latent(x_real.shape[0], generator)
+            x_fake = self.generator(z)
         critic = self.critic(generator)
         d_real = critic(x_real)
         d_fake = critic(x_fake)
         loss = d_loss(o.base_loss, d_real, d_fake)
         zero = torch.zeros((), device=x_real.device)
         gp = r1 = zero
+        extra: dict[str, Tensor] = {}
+        if o.zcr.weight_dis > 0:
+            # zCR, D term: the same fakes' logits against those of G at perturbed latents (G
+            # is not trained here, so its outputs carry no graph).
+            with torch.no_grad():
+                x_pert = self.generator(perturb_latent(z, o.zcr.noise_std, generator))
+            extra["zcr_d"] = zcr_discriminator_term(d_fake, critic(x_pert), o.zcr.weight_dis)
         if o.gp_weight > 0:
             gp = gradient_penalty(critic, x_real, x_fake, generator, o.gp_weight)
         if o.r1_gamma > 0:
@@ -239,7 +286,10 @@ class Adversarial:
             if pen is not None:
                 r1 = pen
         self.opt_d.zero_grad(set_to_none=True)
-        (loss + gp + r1).backward()
+        total = loss + gp + r1
+        for term in extra.values():  # added only when on, so the default sum is unchanged
+            total = total + term
+        total.backward()
         self.opt_d.step()
         if o.weight_clip is not None:
             clip_parameters(self.descriptor, o.weight_clip)
@@ -247,14 +297,25 @@ class Adversarial:
         if self.ada is not None:
             self.ada.observe(d_real, x_real.shape[0])  # r_t: signs of D on the augmented reals
         return {"loss_d": loss.detach(), "d_real": d_real.detach(), "d_fake": d_fake.detach(),
-                "gp": gp.detach(), "r1": r1.detach()}
+                "gp": gp.detach(), "r1": r1.detach(), **{k: v.detach() for k, v in extra.items()}}
 
     def g_update(self, n: int, generator: torch.Generator) -> Tensor:
         """One generator step on fresh latents; D's parameters get no gradients."""
+        o = self.options
         with frozen_parameters(self.descriptor):
-            loss_g = g_loss(self.options.base_loss, self.critic(generator)(self.fake(n, generator)))
+            z = self.generator.sample_latent(n, generator)  # = self.fake(n), latents kept for zCR
+            x = self.generator(z)
+            loss_g = g_loss(o.base_loss, self.critic(generator)(x))
+            total = loss_g
+            self.last_g_terms = {}
+            if o.zcr.weight_gen > 0:
+                # zCR, G term: both images carry G's graph, D is not evaluated.
+                x_pert = self.generator(perturb_latent(z, o.zcr.noise_std, generator))
+                zcr_g = zcr_generator_term(x, x_pert, o.zcr.weight_gen, o.zcr.gen_reduction)
+                total = loss_g + zcr_g
+                self.last_g_terms["zcr_g"] = zcr_g.detach()
             self.opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
+            total.backward()
             self.opt_g.step()
         return loss_g.detach()
 
@@ -265,6 +326,9 @@ class Adversarial:
         loss_g = self.g_update(x_real.shape[0], generator)
         scalars = {"loss_d": d["loss_d"], "loss_g": loss_g, "d_real": d["d_real"].mean(),
                    "d_fake": d["d_fake"].mean(), "gp": d["gp"], "r1": d["r1"]}
+        if "zcr_d" in d:
+            scalars["zcr_d"] = d["zcr_d"]
+        scalars.update(self.last_g_terms)
         if self.ada is not None:
             scalars["augment_p"] = torch.tensor(self.ada.p, device=x_real.device)
         return StepResult(scalars=scalars, histograms={"d_real": d["d_real"], "d_fake": d["d_fake"]})

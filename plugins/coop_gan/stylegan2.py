@@ -51,6 +51,16 @@ Choices where the description leaves something open (options where it matters):
   `capacity` of the discriminator alone (the generator stays at s = 1/4).  `capacity_table`
   lists the channels per resolution.
 - Conditioning (Table 8's "+Cond"), mixed precision and conv clamping are not implemented.
+- Spectral normalisation (CoopInit Table 6's "+ R1 + Spectral Norm"; Miyato et al. 2018), a
+  discriminator option, off by default: every conv and fully connected weight of D is divided
+  by its largest singular value, estimated by one power iteration per forward pass in training
+  mode (torch.nn.utils.parametrizations.spectral_norm; a conv kernel is read as the matrix
+  [out, in * k * k], as Miyato et al. do).  What is normalised is the *effective* weight W c of
+  the equalised learning rate.  Since sigma(W c) = c sigma(W), that is W / sigma(W): the runtime
+  gain c cancels, so with SN the layers use the normalised stored weight with gain 1 (keeping c
+  would leave every layer's spectral norm at c = 1/sqrt(fan_in) instead of 1).  SN already makes
+  the layer invariant to the stored weight's scale, which is what the equalised learning rate
+  was for.  Biases and the learning-rate multipliers of biases are left as they are.
 """
 from __future__ import annotations
 
@@ -323,6 +333,23 @@ class StyleGAN2DiscriminatorOptions:
     # Minibatch standard deviation layer: group size (0 = the whole batch) and channels.
     mbstd_group_size: int = attrs.field(default=32, validator=non_negative)
     mbstd_channels: int = attrs.field(default=1, validator=non_negative)
+    # Spectral normalisation of every conv / fully connected weight (CoopInit Table 6, Miyato et
+    # al. 2018); normalises the effective (equalised-lr) weight, see the module docstring.
+    spectral_norm: bool = False
+
+
+def apply_spectral_norm(module: nn.Module) -> None:
+    """Spectrally normalise the effective weight of every EqualConv2d / EqualLinear in `module`.
+
+    The layers compute with `weight * weight_gain`; SN of that product equals SN of `weight`
+    (sigma is homogeneous), so the stored weight is parametrised by
+    torch.nn.utils.parametrizations.spectral_norm (one power iteration per access in training
+    mode) and the gain is set to 1.
+    """
+    for m in list(module.modules()):
+        if isinstance(m, (EqualConv2d, EqualLinear)):
+            nn.utils.parametrizations.spectral_norm(m, "weight", n_power_iterations=1)
+            m.weight_gain = 1.0
 
 
 def minibatch_std(x: Tensor, group_size: int, channels: int) -> Tensor:
@@ -364,6 +391,8 @@ class StyleGAN2Discriminator(EnergyModelBase):
         self.epilogue_conv = EqualConv2d(c4 + o.mbstd_channels, c4, 3)
         self.fc = EqualLinear(c4 * 16, c4, activation=True)
         self.out = EqualLinear(c4, 1)
+        if o.spectral_norm:
+            apply_spectral_norm(self)
 
     def score(self, x: Tensor) -> Tensor:
         o = self.options
