@@ -16,6 +16,10 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 SHARED_DATA = SHARED / "data"
 
 
+_REGRESSION_FIXTURES = {"num_regression", "data_regression", "ndarrays_regression", "dataframe_regression",
+                        "file_regression", "image_regression"}
+
+
 def pytest_configure(config):
     """Refuse to compare golden numbers computed with machine-specific kernels."""
     from coopcore.numerics import portable_numerics_requested, portable_numerics_status
@@ -27,6 +31,26 @@ def pytest_configure(config):
                 f"the golden numbers need portable numerics, but {why}. Run `bash scripts/test.sh`, or export "
                 "COOP_PORTABLE_NUMERICS=1 ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE before pytest "
                 "(COOP_PORTABLE_NUMERICS=0 runs with this machine's fastest kernels; golden tests may then fail)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that compares with stored numbers `golden`; with COOP_TEST_PASS=fast or
+    =golden keep only the other or only those.  scripts/test.sh runs the suite in these two
+    passes: the golden tests with portable numerics (the same floats on every CPU, about 1.6x
+    slower), everything else with the machine's fast kernels (nothing else compares numbers made
+    on another machine)."""
+    which = os.environ.get("COOP_TEST_PASS", "")
+    if which not in ("", "fast", "golden"):
+        raise pytest.UsageError(f"COOP_TEST_PASS must be fast or golden, got {which!r}")
+    keep, drop = [], []
+    for item in items:
+        golden = bool(_REGRESSION_FIXTURES & set(getattr(item, "fixturenames", ())))
+        if golden:
+            item.add_marker(pytest.mark.golden)
+        (drop if which and golden != (which == "golden") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture(autouse=True)
