@@ -60,6 +60,9 @@ run_step() {
 }
 
 cd "$REPO"
+# Every python -m command below runs from another folder (env -C): `python -m` puts the working
+# directory first on sys.path, and in the checkout that is the source tree's coopcore/, which is
+# not the installed package (its recipes and tables are mapped in only by the install).
 # The datasets: $COOP_DATA, else the shared folder next to the checkout (as the tests look for it).
 if [[ -z "${COOP_DATA:-}" && -d "$REPO/../shared/data" ]]; then
   export COOP_DATA="$(cd "$REPO/../shared/data" && pwd)"
@@ -103,22 +106,22 @@ json.dump({
 EOF
 
 if [[ "$CUDA" == "1" ]]; then
-  run_step tests 100 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests
+  run_step tests 100 env -C "$REPO/tests" COOP_PORTABLE_NUMERICS=0 "$PY" -m pytest -q -p no:cacheprovider -k cuda .
 else
   echo "gpu_check: tests: no CUDA, the CUDA tests are skipped"
   printf '%s\t%s\t%s\t%s\n' tests 0 0 "skipped: no CUDA" >> "$STEPS"
 fi
 
 if (( QUICK )); then
-  run_step bench 120 "$PY" -m coopcore.cli bench --recipe coopnets-digits --device "$DEVICE" --threads 1 \
+  run_step bench 120 env -C "$DEST" "$PY" -m coopcore.cli bench --recipe coopnets-digits --device "$DEVICE" --threads 1 \
     --set data.batch_size=8 --set objective.options.n_chains=8 --set samplers.revision.options.n_steps=2 \
     --repeats 2 --warmup 1 --json "$DEST/bench.json" --markdown "$DEST/bench.md"
-  run_step table2 240 "$PY" -m coopcore.cli repro coopnets:table2 --scale smoke --device "$DEVICE" \
+  run_step table2 240 env -C "$DEST" "$PY" -m coopcore.cli repro coopnets:table2 --scale smoke --device "$DEVICE" \
     --out "$DEST/table2" --no-progress --set run.iterations=2 --set run.eval_every=2 --set run.log_every=1
 else
-  run_step bench 150 "$PY" -m coopcore.cli bench --objective all --device "$DEVICE" --repeats 20 \
+  run_step bench 150 env -C "$DEST" "$PY" -m coopcore.cli bench --objective all --device "$DEVICE" --repeats 20 \
     --json "$DEST/bench.json" --markdown "$DEST/bench.md"
-  run_step table2 420 "$PY" -m coopcore.cli repro coopnets:table2 --scale short --device "$DEVICE" \
+  run_step table2 420 env -C "$DEST" "$PY" -m coopcore.cli repro coopnets:table2 --scale short --device "$DEVICE" \
     --out "$DEST/table2" --no-progress
 fi
 
