@@ -45,6 +45,7 @@ def cli() -> None:
     \b
     Typical use:
       coop train coopnets-digits            train a packaged recipe (or a .toml path)
+      coop train RECIPE --nproc 4           the same on 4 processes (torchrun; docs/distributed.md)
       coop sample runs/coopnets-digits      sample grids from a run's last checkpoint
       coop eval runs/RUN --metric parzen    evaluate a trained run
       coop repro table2 --scale smoke       reproduce a paper table (paper's numbers beside ours)
