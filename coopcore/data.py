@@ -167,10 +167,17 @@ def in_memory(dataset: object) -> bool:
     return any(isinstance(getattr(dataset, attr, None), Tensor) for attr in ("images", "pixels"))
 
 
+def share_of(index: Tensor, part: tuple[int, int]) -> Tensor:
+    """The share of a batch's `index` that process ``part = (rank, world_size)`` trains on: its
+    rank-th of world_size near-equal consecutive slices (the whole batch for one process)."""
+    rank, world = part
+    return index if world == 1 else index.tensor_split(world)[rank]
+
+
 class _ScheduledBatches(torch.utils.data.Dataset):
     """Item t = the batch of iteration ``start + t`` of a `BatchSchedule`, read through the
     dataset's own ``get_batch`` (in a DataLoader worker).  With ``part = (rank, world_size)`` the
-    images are that process's share of the batch (``indices.tensor_split(world_size)[rank]``)."""
+    images are that process's share of the batch (`share_of`)."""
 
     def __init__(self, dataset: ImageDataset, schedule: BatchSchedule, start: int, stop: int,
                  part: tuple[int, int] = (0, 1)) -> None:
@@ -181,9 +188,7 @@ class _ScheduledBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, t: int) -> tuple[Tensor, Tensor]:
         idx = self.schedule.indices(self.start + t)
-        rank, world = self.part
-        mine = idx if world == 1 else idx.tensor_split(world)[rank]
-        return self.dataset.get_batch(mine), idx
+        return self.dataset.get_batch(share_of(idx, self.part)), idx
 
 
 def prefetch_batches(dataset: ImageDataset, schedule: BatchSchedule, start: int, stop: int, *,

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 from .build import Experiment
-from .data import BatchSchedule, DeviceTensorDataset, prefetch_batches, value_range
+from .data import BatchSchedule, DeviceTensorDataset, prefetch_batches, share_of, value_range
 from .distributed import Distributed, rank_seed
 from .errors import CoopError, RunFailure, UsageError
 from .images import save_grid
@@ -283,20 +283,22 @@ class Trainer:
             self.run_dir, self.last_checkpoint,
         )
 
-    def _batches(self, start: int, stop: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(this process's images, the whole batch's indices) of iterations start .. stop - 1: read
-        ahead by `data.workers` DataLoader processes for a dataset read from storage, else read
-        here (a dataset held on the device is indexed there).  The same batches either way."""
+    def _batches(self, start: int, stop: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(this process's images, their indices, the whole batch's indices) of iterations start ..
+        stop - 1: read ahead by `data.workers` DataLoader processes for a dataset read from
+        storage, else read here (a dataset held on the device is indexed there).  The same
+        batches either way."""
         part = (self.rank, self.world_size)
         dataset = self.exp.dataset
         if self.cfg.data.workers > 0 and not isinstance(dataset, DeviceTensorDataset):
-            yield from prefetch_batches(dataset, self.schedule, start, stop, workers=self.cfg.data.workers,
-                                        device=self.device, part=part)
+            for images, idx in prefetch_batches(dataset, self.schedule, start, stop,
+                                                workers=self.cfg.data.workers, device=self.device, part=part):
+                yield images, share_of(idx, part), idx
             return
         for it in range(start, stop):
             idx = self.schedule.indices(it)
-            mine = idx if self.world_size == 1 else idx.tensor_split(self.world_size)[self.rank]
-            yield dataset.get_batch(mine), idx
+            mine = share_of(idx, part)
+            yield dataset.get_batch(mine), mine, idx
 
     def fit(self) -> TrainSummary:
         from tqdm import tqdm
@@ -314,7 +316,7 @@ class Trainer:
                    disable=(self.progress is False or self.rank != 0) or None,
                    dynamic_ncols=True, desc=self.cfg.run.name)
         stop_agreed = False  # with several processes: every rank saw a stop request by the last iteration
-        feed: Optional[Iterator[tuple[torch.Tensor, torch.Tensor]]] = None
+        feed: Optional[Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = None
         try:
             for model in self.exp.parts.models.values():
                 model.train()
@@ -326,8 +328,7 @@ class Trainer:
                     path = self.save_checkpoint()
                     raise Interrupted(path, self.iteration)
                 self._apply_lr_schedule()
-                images, idx = next(feed)
-                mine = idx if dist is None else idx.tensor_split(self.world_size)[self.rank]
+                images, mine, idx = next(feed)
                 batch = Batch(images, mine).to(self.device)
                 result = self.exp.objective.step(batch, self.generator)
                 if dist is not None:
