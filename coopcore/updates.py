@@ -38,18 +38,15 @@ def contrastive_update(
     Returns:
         ``(loss, f(x_obs) [B], f(x_syn) [B'])``, all detached device tensors.
 
-    Under ``run.precision = "bf16"`` (`coopcore.accel`) both passes run under bf16 autocast and
-    the scores are cast to float32 before they are averaged; parameters, their gradients and the
-    optimiser state stay float32.
+    Under ``run.precision = "bf16"`` (`coopcore.accel`) both passes run under the bf16 autocast
+    the objective's step is wrapped in (`accel.wrap_objective_step`), and the scores are cast to
+    float32 before they are averaged; parameters, their gradients and the optimiser state stay
+    float32.
     """
+    f_obs = model.score(x_obs)
+    f_syn = model.score(x_syn.detach())
     if accel.current().bf16:
-        with accel.autocast(x_obs.device.type):
-            f_obs = model.score(x_obs)
-            f_syn = model.score(x_syn.detach())
         f_obs, f_syn = f_obs.float(), f_syn.float()
-    else:
-        f_obs = model.score(x_obs)
-        f_syn = model.score(x_syn.detach())
     loss = f_syn.mean() - f_obs.mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
