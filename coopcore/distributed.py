@@ -281,7 +281,8 @@ class Distributed:
 
 
 # -- the `coop train --nproc N` launcher ----------------------------------------------------
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago, for a local process group's rendezvous."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -300,7 +301,7 @@ def launch_local(nproc: int, argv: Sequence[str], grace_s: float = 20.0) -> int:
 
     env_base = dict(os.environ)
     env_base.update({"WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1",
-                     "MASTER_PORT": str(_free_port())})
+                     "MASTER_PORT": str(free_port())})
     procs: list[subprocess.Popen] = []
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
     try:

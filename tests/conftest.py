@@ -105,6 +105,18 @@ def assert_identical(a, b, path="state"):
         assert a == b, path
 
 
+def step_on_first_examples(exp, n: int, steps: int, seed: int = 0) -> tuple[list[dict], dict]:
+    """`steps` objective steps of a built experiment on its first `n` examples with one seeded
+    generator: each step's scalars (cloned) and the objective's state afterwards."""
+    from coopcore.protocols import Batch
+
+    x, index = exp.dataset.get_batch(torch.arange(n)), torch.arange(n)
+    gen = torch.Generator().manual_seed(seed)
+    scalars = [{k: v.clone() for k, v in exp.objective.step(Batch(x=x, index=index), gen).scalars.items()}
+               for _ in range(steps)]
+    return scalars, exp.objective.state_dict()
+
+
 def run_cli(args: list[str]) -> int:
     from coopcore.cli import main
 

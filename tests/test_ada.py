@@ -25,6 +25,8 @@ from coopcore.config import ConfigError, structure
 from coopcore.contract import check_objective
 from coopcore.plugin_manager import load_registries
 
+from conftest import step_on_first_examples
+
 GEOMETRIC = BGC_TRANSFORMS[:7]
 COLOUR = BGC_TRANSFORMS[7:]
 
@@ -209,12 +211,7 @@ def _build(recipe: dict):
 
 
 def _run(objective: str, options: dict, steps: int = 3) -> tuple[list[dict], dict]:
-    exp = _build(_recipe(objective, options, SYNTH))
-    x = exp.dataset.get_batch(torch.arange(6))
-    gen = torch.Generator().manual_seed(0)
-    scalars = [{k: v.clone() for k, v in exp.objective.step(Batch(x=x, index=torch.arange(6)), gen).scalars.items()}
-               for _ in range(steps)]
-    return scalars, exp.objective.state_dict()
+    return step_on_first_examples(_build(_recipe(objective, options, SYNTH)), 6, steps)
 
 
 @pytest.mark.parametrize("objective,extra", [("gan", {}), ("coopinit", {"n_coop": 0})])

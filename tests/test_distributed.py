@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import socket
 import traceback
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 
 from coopcore.checkpoint import load_checkpoint
 from coopcore.experiment import resolve_data
+from coopcore.distributed import free_port
 
 from conftest import assert_identical, run_cli
 
@@ -81,12 +81,6 @@ def _warm(tmp_path_factory):
     train_one(config("coopnets", 1, 8), tmp_path_factory.mktemp("warm") / "run", get_registries())
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _rank_main(rank: int, world: int, jobs: list, errors) -> None:
     """One rank: run each (config, run dir, resume, port) job through `coopcore.run.train`."""
     code = 0
@@ -115,7 +109,7 @@ def run_ranks(jobs: list[tuple[dict, Path, bool]], world: int = 2, timeout: floa
     return the ranks' error reports (asserting there are none unless `expect_failure`)."""
     ctx = multiprocessing.get_context("fork")
     errors = ctx.SimpleQueue()
-    jobs_p = [(data, out, resume, _port()) for data, out, resume in jobs]
+    jobs_p = [(data, out, resume, free_port()) for data, out, resume in jobs]
     procs = [ctx.Process(target=_rank_main, args=(r, world, jobs_p, errors)) for r in range(world)]
     for p in procs:
         p.start()

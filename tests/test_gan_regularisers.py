@@ -15,10 +15,11 @@ from coop_gan.dcgan import DCGANDiscriminator, DCGANDiscriminatorOptions
 from coop_gan.losses import lazy_r1_penalty, r1_penalty, zcr_discriminator_term, zcr_generator_term
 from coop_gan.objective import Adversarial, Gan, GanOptions, ZcrOptions
 from coop_gan.stylegan2 import EqualConv2d, EqualLinear, StyleGAN2Discriminator, StyleGAN2DiscriminatorOptions
-from coopcore import Batch
 from coopcore.config import ConfigError, structure
 from coopcore.contract import check_objective
 from coopcore.plugin_manager import get_registries
+
+from conftest import step_on_first_examples
 
 torch.set_num_threads(1)
 
@@ -264,12 +265,7 @@ def _run(objective: str, options: dict, discriminator: dict = DCGAN_D, steps: in
     reg = get_registries()
     resolved = resolve_data(_recipe(objective, options, discriminator), registries=reg)
     torch.manual_seed(0)
-    exp = build_experiment(resolved, torch.device("cpu"), registries=reg)
-    x = exp.dataset.get_batch(torch.arange(4))
-    gen = torch.Generator().manual_seed(0)
-    scalars = [{k: v.clone() for k, v in exp.objective.step(Batch(x=x, index=torch.arange(4)), gen).scalars.items()}
-               for _ in range(steps)]
-    return scalars, exp.objective.state_dict()
+    return step_on_first_examples(build_experiment(resolved, torch.device("cpu"), registries=reg), 4, steps)
 
 
 @pytest.mark.parametrize("objective,extra", [("gan", {}), ("coopinit", {"n_coop": 0})])
