@@ -190,7 +190,8 @@ class PlainAlgorithmD(PlainLoop):
 
 
 class PlainMultigrid(PlainLoop):
-    """Gao et al. Algorithm 1 with the own 1 x 1 start: coarse-to-fine sampling, one step per grid.
+    """Gao et al. Algorithm 1 with the own 1 x 1 start: coarse-to-fine sampling, one step per grid,
+    the descriptors scoring y - origin (`MultigridOptions.origin`).
 
     Written as a user would: block means with ``F.avg_pool2d`` and block replication with
     ``repeat_interleave``.  The framework's block mean is anchored on each block's first pixel
@@ -209,6 +210,7 @@ class PlainMultigrid(PlainLoop):
         self.nets = [self.models[r] for r in self.roles]
         self.opts = [self.optimizers[r] for r in self.roles]
         self.factor = o.factor
+        self.origin = o.origin  # the descriptors see y - origin (the digits recipe: -2)
         so = self.resolved.samplers["revision"].options
         self.steps, self.drift = so.n_steps, 0.5 * so.step_size**2
         self.noise = so.step_size if so.noise else 0.0
@@ -220,7 +222,7 @@ class PlainMultigrid(PlainLoop):
             y = y.repeat_interleave(d, dim=-2).repeat_interleave(d, dim=-1)
             for _ in range(self.steps):
                 y = y.detach().requires_grad_(True)
-                (grad,) = torch.autograd.grad((-net.energy(y)).sum(), y)
+                (grad,) = torch.autograd.grad((-net.energy(y - self.origin)).sum(), y)
                 y = y + self.drift * grad
                 if self.noise > 0:
                     y = y + torch.randn(y.shape, generator=self.gen, device=y.device) * self.noise
@@ -245,7 +247,7 @@ class PlainMultigrid(PlainLoop):
         losses = []
         for net, opt, y in zip(self.nets, self.opts, samples):
             x_k = F.avg_pool2d(x, kernel_size=x.shape[-1] // y.shape[-1]) if y.shape[-1] != x.shape[-1] else x
-            losses.append(self.descriptor_step(net, opt, x_k, y))
+            losses.append(self.descriptor_step(net, opt, x_k - self.origin, y - self.origin))
         return losses
 
 

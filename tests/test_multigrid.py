@@ -164,6 +164,49 @@ def test_objective_step_updates_every_grid(start):
     assert state["seen"].sum() == 12
 
 
+def test_batch_statistics_descriptor_is_blind_to_scale_about_its_origin():
+    """Batch-statistics BN after a bias-free first convolution: f(a Y) = f(Y) for the whole
+    batch, so the Langevin gradient is perpendicular to Y (and keeps the batch's norm about the
+    origin, the reason for `origin`)."""
+    torch.manual_seed(0)
+    model = MultigridDescriptor(MultigridDescriptorOptions(
+        grid=2, input_shape=(1, 16, 16), channels=(4, 6), kernels=(5, 3), strides=(2, 1)))
+    y = torch.rand(8, 1, 16, 16, dtype=torch.float64) * 2 - 1
+    model = model.double()
+    # exact up to BN's eps (1e-5 added to the variance)
+    assert torch.allclose(model.score(0.5 * y), model.score(y), rtol=1e-3, atol=1e-3)
+    y.requires_grad_(True)
+    (grad,) = torch.autograd.grad(model.score(y).sum(), y)
+    assert abs(float((grad * y.detach()).sum())) < 1e-3 * float(grad.norm() * y.norm())
+
+
+def test_origin_shifts_what_the_descriptors_see():
+    """`origin = c` on data x trains and samples as origin 0 on x - c (no clipping), the samples
+    shifted back by c; the default (0) leaves the objective as it was."""
+    assert MultigridOptions().origin == 0.0
+    c = -2.0
+    runs = {}
+    for origin in (c, 0.0):
+        torch.manual_seed(0)
+        parts = _tiny_parts()
+        parts.samplers["revision"] = MultigridLangevin(MultigridLangevinOptions(n_steps=3, step_size=0.3))
+        obj = Multigrid(MultigridOptions(n_grids=2, factor=4, origin=origin), parts)
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+        res = obj.step(Batch(x if origin else x - c, torch.arange(6)), g)
+        runs[origin] = (res, parts, obj.samples(5, g)["revised"])
+    (res_a, parts_a, samples_a), (res_b, parts_b, samples_b) = runs[c], runs[0.0]
+    assert torch.allclose(res_a.scalars["loss_descriptor"], res_b.scalars["loss_descriptor"], rtol=1e-4)
+    for role in ("grid1", "grid2"):
+        for p, q in zip(parts_a.models[role].parameters(), parts_b.models[role].parameters()):
+            assert torch.allclose(p, q, rtol=1e-4, atol=1e-5), role
+    assert torch.allclose(samples_a, samples_b + c, atol=1e-4)
+    # the descriptors score y - origin
+    y = torch.rand(2, 3, 16, 16)
+    obj = Multigrid(MultigridOptions(n_grids=2, factor=4, origin=c), parts_a)
+    assert torch.equal(obj._log_ps()[1](y), -parts_a.models["grid2"].energy(y - c))
+
+
 def test_objective_names_missing_role():
     parts = _tiny_parts()
     with pytest.raises(ConfigError, match="grid3"):

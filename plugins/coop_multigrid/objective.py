@@ -74,6 +74,15 @@ class MultigridOptions:
     # A coarse pixel is kept fixed when at least this fraction of its block is observed
     # (1 = only fully observed blocks; partly observed blocks are sampled).  See masking.py.
     coarse_keep_fraction: float = attrs.field(default=1.0, validator=fraction_in_unit_interval)
+    # The pixel value the descriptors see as 0: every grid's f is evaluated on Y - origin (the
+    # observed and the synthesised images alike; the chains, clipping and samples stay in the
+    # data's range).  0 = the data as given.  With batch-statistics normalisation after a
+    # bias-free first convolution, f(a Y) = f(Y) for a whole batch, so Langevin steps on f move
+    # the batch perpendicular to Y - origin and keep its norm (up to the noise): the samples keep
+    # the norm of their 1x1 start about the origin.  The paper's code feeds raw [0, 255] pixels,
+    # origin black; data in [-1, 1] put it at mid-grey, where a norm kept from a grey start means
+    # grey, low-contrast samples.  -1 puts the origin back at black for [-1, 1] data.
+    origin: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         if self.sizes is not None and len(self.sizes) != self.n_grids + 1:
@@ -146,6 +155,9 @@ class Multigrid:
         self.starts = StartPool(parts.n_train, shape[0], self.sizes[0], parts.device)
 
     def _log_ps(self) -> list[LogDensity]:
+        origin = self.options.origin
+        if origin:
+            return [lambda y, m=m: -m.energy(y - origin) for m in self.models]
         return [lambda y, m=m: -m.energy(y) for m in self.models]
 
     def _chain(self, start: Tensor, generator: torch.Generator, x: Optional[Tensor] = None,
@@ -168,7 +180,10 @@ class Multigrid:
         histograms: dict[str, Tensor] = {}
         total = torch.zeros((), device=x.device)
         for role, model, opt, size, out in zip(self.roles, self.models, self.optimizers, self.sizes[1:], outs):
-            loss, f_obs, f_syn = contrastive_update(model, opt, downscale_to(x, size), out.samples)
+            observed_k, synthesised = downscale_to(x, size), out.samples
+            if o.origin:
+                observed_k, synthesised = observed_k - o.origin, synthesised - o.origin
+            loss, f_obs, f_syn = contrastive_update(model, opt, observed_k, synthesised)
             total = total + loss
             scalars[f"loss_{role}"] = loss
             scalars[f"score_obs_{role}"] = f_obs.mean()
