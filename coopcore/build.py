@@ -184,6 +184,7 @@ def build_experiment(resolved: ResolvedExperiment, device: torch.device, data_ro
     models: dict[str, nn.Module] = {role: comp.create().to(device) for role, comp in resolved.models.items()}
     check_shapes(resolved, dataset, models)
     accel.prepare_models(models, settings)  # before the optimisers: it may replace parameter storage
+    built = dataset  # the factory's object, with its own attributes (Parts.dataset)
     dataset = place_dataset(dataset, device, cfg.run.data_on_device, settings.data_on_device)
     samplers = {role: comp.create() for role, comp in resolved.samplers.items()}
     optimizers = {role: make_optimizer(models[role].parameters(), oc, fused=settings.fused_adam)
@@ -191,6 +192,7 @@ def build_experiment(resolved: ResolvedExperiment, device: torch.device, data_ro
     parts = Parts(
         models=models, samplers=samplers, optimizers=optimizers, n_train=len(dataset), device=device,
         data_shape=tuple(dataset.shape), examples=lambda idx: dataset.get_batch(idx).to(device),
+        dataset=built,
     )
     objective = resolved.objective.create(parts=parts)
     accel.wrap_objective_step(objective, settings, device)

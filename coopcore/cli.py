@@ -7,6 +7,7 @@ last checkpoint); 130 interrupted by Ctrl-C after saving a checkpoint.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -172,7 +173,10 @@ def train_cmd(recipe: str, overrides: tuple[str, ...], out: Optional[Path], resu
 @click.option("--out", type=click.Path(path_type=Path), help="Folder for the PNG grids (default: RUN/samples).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampling generator.")
 @click.option("--device", help="cpu, cuda, cuda:N or auto.")
-def sample_cmd(run: Path, n: int, out: Optional[Path], seed: int, device: Optional[str]) -> None:
+@click.option("--label", "label", type=click.IntRange(0), default=None,
+              help="Class K: every sample of class K (conditional runs only; default: classes i % n_classes).")
+def sample_cmd(run: Path, n: int, out: Optional[Path], seed: int, device: Optional[str],
+               label: Optional[int]) -> None:
     """Write PNG grids of samples from RUN's last checkpoint (generator and Langevin-revised)."""
     from .data import value_range
     from .images import save_grid
@@ -182,11 +186,38 @@ def sample_cmd(run: Path, n: int, out: Optional[Path], seed: int, device: Option
     opened = open_run(run, device=device, echo=_echo, registries=_registries())
     exp = opened.experiment
     out = out or opened.run.samples
-    named = exp.objective.samples(n, make_generator(seed, exp.device))
+    generator = make_generator(seed, exp.device)
+    suffix = ""
+    if label is None:
+        named = exp.objective.samples(n, generator)
+    else:
+        named = exp.objective.samples(n, generator, labels=_sample_labels(exp, run, n, label))
+        suffix = f"-label{label}"
     for kind, images in named.items():
-        p = save_grid(images, out / f"sample-iter-{opened.iteration:08d}-{kind}-seed{seed}.png",
+        p = save_grid(images, out / f"sample-iter-{opened.iteration:08d}-{kind}{suffix}-seed{seed}.png",
                       value_range=value_range(exp.dataset))
         click.echo(str(p))
+
+
+def _sample_labels(exp: Any, run: Path, n: int, label: int) -> Any:
+    """`n` copies of class `label` for `coop sample --label`, after checking that the run is
+    conditional, that its objective samples given labels and that the class exists."""
+    import inspect
+
+    import torch
+
+    from .conditioning import run_classes
+
+    k = run_classes(exp.parts.models.values())
+    if k == 0:
+        raise UsageError(f"--label {label}: {run} is not a conditional run (none of its models has n_classes > 0); "
+                         "leave --label out")
+    if "labels" not in inspect.signature(exp.objective.samples).parameters:
+        raise UsageError(f"--label: objective '{exp.resolved.objective.name}' cannot sample given labels "
+                         "(its samples() has no `labels` argument)")
+    if label >= k:
+        raise UsageError(f"--label {label}: the run's models are conditioned on {k} classes (0..{k - 1})")
+    return torch.full((n,), label, dtype=torch.long, device=exp.device)
 
 
 @cli.command("eval")
@@ -223,12 +254,17 @@ def eval_cmd(run: Path, metric: str, overrides: tuple[str, ...], device: Optiona
 
 
 # ---------------------------------------------------------------------------------------
+def _table_order(name: str) -> tuple:
+    """Tables in reading order: by paper, then table2 before table10 (digits compared as numbers)."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
 def _table_specs(reg: Any, table: str, paper: Optional[str]) -> list[Any]:
     """The specs TABLE names: ``all``, ``paper:tableN``, ``tableN`` (of --paper) or a spec file."""
     from .repro import load_table_spec
 
     if table == "all":
-        return [reg.table.create(name) for name in reg.table]
+        return [reg.table.create(name) for name in sorted(reg.table, key=_table_order)]
     if table.endswith(".toml") and Path(table).is_file():
         return [load_table_spec(Path(table))]
     key = table if ":" in table else f"{paper or 'coopnets'}:{table}"
@@ -241,7 +277,7 @@ def _table_specs(reg: Any, table: str, paper: Optional[str]) -> list[Any]:
 def _list_tables(reg: Any, out_root: Path) -> None:
     from .repro import table_status
 
-    for entry in reg.table.entries():
+    for entry in sorted(reg.table.entries(), key=lambda e: _table_order(e.name)):
         spec = reg.table.create(entry.name)
         click.echo(f"{entry.name:22s} {spec.title}  (scales: {', '.join(spec.scales)}; plugin {entry.owner})")
         for scale in spec.scales:

@@ -27,6 +27,14 @@ contract_example = {
 }
 ```
 
+Class-conditional components (`coopcore.conditioning`: a model with ``n_classes > 0``) are held
+to the label convention too: a conditional model must refuse a call without labels
+(ValueError), be deterministic for the same labels and depend on them; a model whose options
+have an ``n_classes`` field is also built conditional (``n_classes = 3``) and checked so.  An
+objective's batches carry labels (`Batch.y`) whenever its example has a conditional model, and
+an objective may declare a second example, ``contract_conditional_example`` (same keys), which is
+checked the same way, with its `samples` also asked for given labels.
+
 Every violation raises `ContractViolation` (an AssertionError) naming the component and what
 was expected.
 """
@@ -41,6 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import check_plain
+from .conditioning import is_conditional, n_classes, run_classes
 from .errors import CheckpointError
 from .families import CONTRACT_FAMILIES
 from .families import family as family_spec
@@ -48,6 +57,7 @@ from .protocols import Batch, Encoder, EnergyModel, Generator, Objective, Sample
 
 _BATCH = 2
 _SEED = 1234
+_CONTRACT_CLASSES = 3  # classes of the conditional variant of a model with an `n_classes` option
 
 
 class ContractViolation(AssertionError):
@@ -120,11 +130,14 @@ def check_energy_model(model: nn.Module, who: str = "energy model", device: Opti
     _require(s is None or (isinstance(s, float) and s > 0), who, f"reference_std must be a positive float or None, got {s!r}")
     x = torch.rand((_BATCH, *shape), generator=_generator(_SEED, device), device=device) * 2 - 1
     x.requires_grad_(True)
-    f = model.score(x)
+    y = _contract_labels(model, device)
+    if y is not None:
+        _check_label_path(lambda lab: model.score(x.detach(), lab), model, who, "score(x, y)", device)
+    f = model.score(x) if y is None else model.score(x, y)
     _check_tensor(f.detach(), who, "score(x)", (_BATCH,), device)
     with torch.no_grad():
         # energy() recomputes the score: one forward checks eq. 4 and determinism together.
-        e = model.energy(x.detach())
+        e = model.energy(x.detach()) if y is None else model.energy(x.detach(), y)
     fd = f.detach()
     expected = -fd if s is None else x.detach().flatten(1).pow(2).sum(1) / (2.0 * s**2) - fd
     _require(torch.allclose(e, expected, rtol=1e-5, atol=1e-5), who,
@@ -146,12 +159,43 @@ def check_generator(model: nn.Module, who: str = "generator", device: Optional[t
     z2 = model.sample_latent(_BATCH, _generator(_SEED, device))
     _check_tensor(z1, who, "sample_latent(n)", (_BATCH, *model.latent_shape), device)
     _require(torch.equal(z1, z2), who, "sample_latent() differs for two generators with the same seed")
-    y = model(z1)
+    labels = _contract_labels(model, device)
+    if labels is not None:
+        _check_label_path(lambda lab: model(z1, lab), model, who, "forward(z, y)", device)
+    y = model(z1) if labels is None else model(z1, labels)
     _check_tensor(y.detach(), who, "forward(z)", (_BATCH, *model.output_shape), device)
     with torch.no_grad():
-        y2 = model(z2)
+        y2 = model(z2) if labels is None else model(z2, labels)
     _require(torch.equal(y.detach(), y2), who, "forward() is not deterministic for the same latents")
     _train_step_changes(model, y.pow(2).mean(), who)
+
+
+def _contract_labels(model: Any, device: torch.device) -> Optional[Tensor]:
+    """Labels 0, 1, ... (mod n_classes) for the contract's batch; None for an unconditional model."""
+    k = n_classes(model)
+    return torch.arange(_BATCH, device=device) % k if k else None
+
+
+def _check_label_path(call: Any, model: Any, who: str, what: str, device: torch.device) -> None:
+    """A conditional model refuses a call without labels, is deterministic for equal labels and
+    depends on them (every example's output changes when every label does)."""
+    k = n_classes(model)
+    _require(isinstance(getattr(model, "n_classes"), int), who, "n_classes must be an int")
+    with torch.no_grad():
+        try:
+            call(None)
+        except ValueError:
+            pass
+        else:
+            raise ContractViolation(f"{who}: is conditional (n_classes = {k}) but {what} accepted y=None; it must "
+                                    "raise ValueError (coopcore.conditioning.require_labels)")
+        y = torch.arange(_BATCH, device=device) % k
+        a, b = call(y), call(y.clone())
+        _require(torch.equal(a, b), who, f"{what} is not deterministic for the same labels")
+        if k > 1:
+            other = call((y + 1) % k)
+            per_example = (a - other).reshape(a.shape[0], -1).abs().sum(1)
+            _require(bool((per_example > 0).all()), who, f"{what} does not depend on the labels y")
 
 
 def check_encoder(model: nn.Module, who: str = "encoder", device: Optional[torch.device] = None) -> None:
@@ -262,13 +306,8 @@ def objective_example_config(name: str, example: Mapping[str, Any], seed: int = 
 def check_objective(registries: Any, name: str, device: Optional[torch.device] = None) -> None:
     """Build objective `name` from its `contract_example` and check one training run's worth of
     behaviour: reproducibility, finite scalars, parameters that move, samples, and a state that
-    resumes bit-exactly (models, optimisers, objective state and the generator restored)."""
-    from .build import build_experiment
-    from .data import BatchSchedule
-    from .experiment import resolve_data
-    from .rng import seed_everything
-    from .rundir import TrainingState, checkpoint_payload, restore_payload
-
+    resumes bit-exactly (models, optimisers, objective state and the generator restored); the
+    same for its `contract_conditional_example` when it declares one."""
     device = device or torch.device("cpu")
     who = f"objective '{name}'"
     entry = registries.objective.get(name)
@@ -276,6 +315,22 @@ def check_objective(registries: Any, name: str, device: Optional[torch.device] =
     _require(isinstance(example, Mapping) and "data" in example, who,
              "the objective class must declare a `contract_example` dict (see coopcore.contract) so the "
              "registry-wide contract test can build it")
+    _check_objective_example(registries, name, example, who, device)
+    conditional = getattr(entry.factory, "contract_conditional_example", None)
+    if conditional is not None:
+        _require(isinstance(conditional, Mapping) and "data" in conditional, who,
+                 "contract_conditional_example must be a dict like contract_example")
+        _check_objective_example(registries, name, conditional, f"{who} (conditional example)", device)
+
+
+def _check_objective_example(registries: Any, name: str, example: Mapping[str, Any], who: str,
+                             device: torch.device) -> None:
+    from .build import build_experiment
+    from .data import BatchSchedule
+    from .experiment import resolve_data
+    from .rng import seed_everything
+    from .rundir import TrainingState, checkpoint_payload, restore_payload
+
     steps = int(example.get("steps", 1))
     resolved = resolve_data(objective_example_config(name, example), f"{name}.contract_example", registries)
     cfg = resolved.config
@@ -289,9 +344,11 @@ def check_objective(registries: Any, name: str, device: Optional[torch.device] =
 
     def batch(exp, sched, it: int) -> Batch:
         idx = sched.indices(it)
-        return Batch(exp.dataset.get_batch(idx), idx).to(device)
+        labels = exp.dataset.get_labels(idx).to(torch.long) if classes else None
+        return Batch(exp.dataset.get_batch(idx), idx, labels).to(device)
 
     exp, sched, gen = build()
+    classes = run_classes(exp.parts.models.values())
     obj = exp.objective
     _require(isinstance(obj, Objective), who, "does not implement the Objective protocol")
     for attr in ("required_models", "required_samplers"):
@@ -336,6 +393,22 @@ def check_objective(registries: Any, name: str, device: Optional[torch.device] =
              "the uninterrupted step: state_dict() misses something")
 
     named = obj.samples(3, _generator(99, device))
+    _check_samples(named, who)
+    if classes:
+        import inspect
+
+        _require("labels" in inspect.signature(obj.samples).parameters, who,
+                 "trains a conditional model, so samples() must accept `labels`")
+        given = torch.full((3,), classes - 1, dtype=torch.long, device=device)
+        _check_samples(obj.samples(3, _generator(99, device), labels=given), who)
+        # classes i % n_classes by default: asking for exactly those labels gives the same samples
+        default = torch.arange(3, device=device) % classes
+        again = obj.samples(3, _generator(99, device), labels=default)
+        _require(all(torch.equal(named[k], again[k]) for k in named), who,
+                 "samples(n) must use the labels i % n_classes when none are given")
+
+
+def _check_samples(named: Any, who: str) -> None:
     _require(isinstance(named, Mapping) and bool(named), who, "samples(n) must return a non-empty mapping")
     for k, v in named.items():
         _require(isinstance(k, str) and isinstance(v, Tensor), who, "samples(n) must map names to tensors")
@@ -354,9 +427,32 @@ def check_entry(registries: Any, family: str, name: str, device: Optional[torch.
     if spec.contract_builds:
         check(registries, name, device)
         return
-    who = f"{family} '{name}' (from '{registries.family(family).get(name).owner}')"
+    entry = registries.family(family).get(name)
+    who = f"{family} '{name}' (from '{entry.owner}')"
     torch.manual_seed(_SEED)
     check(registries.family(family).create(name), who, device)
+    conditional = _conditional_options(entry.options)
+    if conditional is not None:
+        torch.manual_seed(_SEED)
+        model = registries.family(family).instantiate(entry, conditional)
+        _require(is_conditional(model), who, f"built with n_classes = {_CONTRACT_CLASSES} it has no n_classes > 0")
+        check(model, f"{who} with n_classes = {_CONTRACT_CLASSES}", device)
+
+
+def _conditional_options(options_cls: Any) -> Any:
+    """Default options with n_classes = 3 for an options class with an `n_classes` field
+    defaulting to 0 (a model that can be built conditional); None otherwise."""
+    import attrs
+
+    if not (isinstance(options_cls, type) and attrs.has(options_cls)):
+        return None
+    fields = attrs.fields_dict(options_cls)
+    if "n_classes" not in fields or fields["n_classes"].default != 0:
+        return None
+    try:
+        return options_cls(n_classes=_CONTRACT_CLASSES)
+    except (TypeError, ValueError):
+        return None
 
 __all__ = [
     "CONTRACT_FAMILIES", "ContractViolation", "check_encoder", "check_energy_model", "check_entry",

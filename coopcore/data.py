@@ -19,7 +19,10 @@ from .errors import UsageError
 
 @runtime_checkable
 class ImageDataset(Protocol):
-    """What a dataset factory ``(options, root) -> ImageDataset`` returns."""
+    """What a dataset factory ``(options, root) -> ImageDataset`` returns.
+
+    A labelled dataset also has ``get_labels(index) -> int64 [len(index)]`` (class indices,
+    read by the trainer for runs with a conditional model) and may declare ``n_classes``."""
 
     name: str
     shape: tuple[int, ...]
@@ -41,12 +44,16 @@ class TensorImageDataset:
     """An in-memory dataset backed by one tensor [N, *shape]."""
 
     def __init__(self, images: Tensor, name: str, labels: Optional[Tensor] = None,
-                 value_range: tuple[float, float] = (-1.0, 1.0)) -> None:
+                 value_range: tuple[float, float] = (-1.0, 1.0), n_classes: int = 0) -> None:
         if images.dim() < 2:
             raise ValueError("images must be [N, ...]")
+        if labels is not None and labels.shape[0] != images.shape[0]:
+            raise ValueError(f"{labels.shape[0]} labels for {images.shape[0]} images")
         self.value_range = (float(value_range[0]), float(value_range[1]))
         self.images = images.contiguous()
-        self.labels = labels
+        self.labels = None if labels is None else labels.to(torch.long)
+        # The number of classes the labels come from (0 = not declared; e.g. a subset may miss some).
+        self.n_classes = int(n_classes) if labels is not None else 0
         self.name = name
         self.shape = tuple(images.shape[1:])
 
@@ -180,34 +187,44 @@ class _ScheduledBatches(torch.utils.data.Dataset):
     images are that process's share of the batch (`share_of`)."""
 
     def __init__(self, dataset: ImageDataset, schedule: BatchSchedule, start: int, stop: int,
-                 part: tuple[int, int] = (0, 1)) -> None:
+                 part: tuple[int, int] = (0, 1), labels: bool = False) -> None:
         self.dataset, self.schedule, self.start, self.stop, self.part = dataset, schedule, start, stop, part
+        self.labels = labels
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
 
-    def __getitem__(self, t: int) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, t: int) -> tuple[Tensor, ...]:
         idx = self.schedule.indices(self.start + t)
-        return self.dataset.get_batch(share_of(idx, self.part)), idx
+        mine = share_of(idx, self.part)
+        if self.labels:
+            return self.dataset.get_batch(mine), idx, self.dataset.get_labels(mine).to(torch.long)
+        return self.dataset.get_batch(mine), idx
 
 
 def prefetch_batches(dataset: ImageDataset, schedule: BatchSchedule, start: int, stop: int, *,
                      workers: int = 4, pin_memory: bool = True, device: Optional[torch.device] = None,
-                     prefetch: int = 2, part: tuple[int, int] = (0, 1)):
+                     prefetch: int = 2, part: tuple[int, int] = (0, 1), labels: bool = False):
     """Yield ``(images, indices)`` for iterations ``start .. stop - 1`` of `schedule`, read ahead
     by `workers` DataLoader processes into pinned memory and copied to `device` without blocking.
     `indices` are the whole batch's; with ``part = (rank, world_size)`` the images are that
-    process's share (see `_ScheduledBatches`).
+    process's share (see `_ScheduledBatches`).  With `labels` it yields ``(images, indices, y)``,
+    y the share's int64 labels from the dataset's ``get_labels`` (for conditional models).
 
     For datasets too large to hold on the device (decoded per batch, like LSUN): the batches are
     exactly the `schedule`'s, in order (the same values `dataset.get_batch` returns), so resuming
     at `start` stays exact.  ``workers = 0`` reads in this process (no read-ahead)."""
     loader = torch.utils.data.DataLoader(
-        _ScheduledBatches(dataset, schedule, start, stop, part), batch_size=None, shuffle=False,
+        _ScheduledBatches(dataset, schedule, start, stop, part, labels), batch_size=None, shuffle=False,
         num_workers=workers, pin_memory=pin_memory and torch.cuda.is_available(),
         prefetch_factor=prefetch if workers > 0 else None, persistent_workers=False,
     )
-    for images, idx in loader:
+    for item in loader:
+        images, idx = item[0], item[1]
         if device is not None:
             images = images.to(device, non_blocking=True)
-        yield images, idx
+        if labels:
+            y = item[2]
+            yield images, idx, (y.to(device, non_blocking=True) if device is not None else y)
+        else:
+            yield images, idx

@@ -34,6 +34,10 @@ class EnergyModel(Protocol):
     per example.  `reference_std` is s of the Gaussian reference p0 = N(0, s^2 I) (eq. 3), or
     None for the uniform/flat reference.  `energy(x)` is E(Y) = ||Y||^2 / (2 s^2) - f(Y)
     (eq. 4), or -f(Y) with a flat reference.
+
+    A class-conditional energy model (a discriminator conditioned on labels) has
+    ``n_classes > 0`` and takes the labels as ``score(x, y)`` / ``energy(x, y)``, y an int64
+    tensor [B] of class indices; see `coopcore.conditioning` for the whole convention.
     """
 
     reference_std: Optional[float]
@@ -46,7 +50,10 @@ class EnergyModel(Protocol):
 
 @runtime_checkable
 class Generator(Protocol):
-    """A top-down model Y = g(X) + eps, X ~ N(0, I), eps ~ N(0, sigma^2 I) (TPAMI eq. 11)."""
+    """A top-down model Y = g(X) + eps, X ~ N(0, I), eps ~ N(0, sigma^2 I) (TPAMI eq. 11).
+
+    A class-conditional generator has ``n_classes > 0`` and is called as ``forward(z, y)``, y an
+    int64 tensor [B] of class indices (`coopcore.conditioning`)."""
 
     latent_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
@@ -122,7 +129,8 @@ class Batch:
     """One minibatch: built by the trainer each iteration, passed to `Objective.step`.
 
     The trainer draws the indices from its seeded batch schedule, reads the examples with the
-    dataset's `get_batch(index)` and moves both to the run's device before calling `step`.
+    dataset's `get_batch(index)` (and, in a run with a conditional model, their labels with the
+    dataset's `get_labels(index)`) and moves them to the run's device before calling `step`.
 
     Attributes:
         x: the examples, ``[B, *data_shape]`` float tensor on the run's device, in the
@@ -130,14 +138,19 @@ class Batch:
         index: ``[B]`` int64 tensor, the position of each example in the training set
             (``0 <= index < Parts.n_train``); objectives with per-example state (persistent
             chains, Algorithm G's latents) index it with this.
+        y: ``[B]`` int64 class labels of the examples, or None.  Set by the trainer exactly when
+            one of the run's models is conditional (has ``n_classes > 0``, see
+            `coopcore.conditioning`); None in every unconditional run.
     """
 
     x: Tensor
     index: Tensor
+    y: Optional[Tensor] = None
 
     def to(self, device: torch.device) -> "Batch":
         """A copy of the batch on `device` (non-blocking copies)."""
-        return Batch(self.x.to(device, non_blocking=True), self.index.to(device, non_blocking=True))
+        y = None if self.y is None else self.y.to(device, non_blocking=True)
+        return Batch(self.x.to(device, non_blocking=True), self.index.to(device, non_blocking=True), y)
 
 
 @dataclass
@@ -183,6 +196,10 @@ class Parts:
         examples: training examples by index: ``examples(idx)`` returns ``[len(idx), *data_shape]``
             on `device`, for objectives whose samples start from observed data (contrastive
             divergence); None when the experiment was built without its training set.
+        dataset: the training set as its dataset factory built it, for objectives that need more
+            than images by index (e.g. an unpaired set's second domain, `target`); a stand-in
+            with only ``name`` and ``shape`` when the run is reopened without its data; None
+            when built outside `build_experiment`.
     """
 
     models: dict[str, nn.Module]
@@ -192,6 +209,7 @@ class Parts:
     device: torch.device
     data_shape: tuple[int, ...]
     examples: Optional[Callable[[Tensor], Tensor]] = None
+    dataset: Optional[Any] = None
 
 
 @runtime_checkable
@@ -202,7 +220,10 @@ class Objective(Protocol):
     ``("descriptor", "generator")``).  `step` performs one full iteration, optimiser updates
     included.  `state_dict`/`load_state_dict` hold whatever the objective keeps between
     iterations (persistent chains, per-example latents) so checkpoints are complete.
-    `samples` returns named image batches for sample grids and evaluation.
+    `samples` returns named image batches for sample grids and evaluation.  An objective that
+    trains conditional models reads the labels from `Batch.y`; its `samples(n, generator)` then
+    gives class-balanced samples (label i % n_classes), and it may accept a keyword
+    ``labels`` (int64 [n]) to sample given classes (`coop sample RUN --label K` uses it).
     """
 
     required_models: Sequence[str]
@@ -231,11 +252,12 @@ class EnergyModelBase(nn.Module):
     def score(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.score(x)
+    def forward(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        # An unconditional subclass may define score(x) alone: y is passed only when given.
+        return self.score(x) if y is None else self.score(x, y)
 
-    def energy(self, x: Tensor) -> Tensor:
-        f = self.score(x)
+    def energy(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        f = self.score(x) if y is None else self.score(x, y)
         if self.reference_std is None:
             return -f
         return x.flatten(1).pow(2).sum(1) / (2.0 * self.reference_std**2) - f

@@ -27,7 +27,8 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 from .build import Experiment
-from .data import BatchSchedule, DeviceTensorDataset, prefetch_batches, share_of, value_range
+from .conditioning import check_dataset_labels
+from .data import BatchSchedule, DeviceTensorDataset, in_memory, prefetch_batches, share_of, value_range
 from .distributed import Distributed, rank_seed
 from .errors import CoopError, RunFailure, UsageError
 from .images import save_grid
@@ -84,6 +85,12 @@ class Trainer:
             len(experiment.dataset), self.cfg.data.batch_size * self.world_size, self.cfg.run.seed,
             self.cfg.data.shuffle, self.cfg.data.drop_last,
         )
+        # A run with a conditional model reads every batch's labels (Batch.y); an unconditional
+        # one never calls get_labels, so its batches (and numbers) are as before.
+        self.n_classes = check_dataset_labels(
+            experiment.dataset, experiment.parts.models,
+            {role: spec.name for role, spec in getattr(experiment.resolved, "models", {}).items()},
+            full_check=in_memory(experiment.dataset) or isinstance(experiment.dataset, DeviceTensorDataset))
         self.state = TrainingState()
         self.last_checkpoint: Optional[Path] = None
         self._base_lrs = {role: [g["lr"] for g in opt.param_groups] for role, opt in experiment.parts.optimizers.items()}
@@ -283,22 +290,27 @@ class Trainer:
             self.run_dir, self.last_checkpoint,
         )
 
-    def _batches(self, start: int, stop: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(this process's images, their indices, the whole batch's indices) of iterations start ..
-        stop - 1: read ahead by `data.workers` DataLoader processes for a dataset read from
-        storage, else read here (a dataset held on the device is indexed there).  The same
-        batches either way."""
+    def _batches(self, start: int, stop: int) -> Iterator[tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor,
+                                                                 torch.Tensor]]:
+        """(this process's images, their labels or None, their indices, the whole batch's indices)
+        of iterations start .. stop - 1: read ahead by `data.workers` DataLoader processes for a
+        dataset read from storage, else read here (a dataset held on the device is indexed there).
+        The same batches either way.  Labels are read (``get_labels`` of the same share) only when
+        the run has a conditional model."""
         part = (self.rank, self.world_size)
         dataset = self.exp.dataset
+        labelled = self.n_classes > 0
         if self.cfg.data.workers > 0 and not isinstance(dataset, DeviceTensorDataset):
-            for images, idx in prefetch_batches(dataset, self.schedule, start, stop,
-                                                workers=self.cfg.data.workers, device=self.device, part=part):
-                yield images, share_of(idx, part), idx
+            for item in prefetch_batches(dataset, self.schedule, start, stop, workers=self.cfg.data.workers,
+                                         device=self.device, part=part, labels=labelled):
+                images, idx = item[0], item[1]
+                yield images, (item[2] if labelled else None), share_of(idx, part), idx
             return
         for it in range(start, stop):
             idx = self.schedule.indices(it)
             mine = share_of(idx, part)
-            yield dataset.get_batch(mine), mine, idx
+            y = dataset.get_labels(mine).to(torch.long) if labelled else None
+            yield dataset.get_batch(mine), y, mine, idx
 
     def fit(self) -> TrainSummary:
         from tqdm import tqdm
@@ -316,7 +328,7 @@ class Trainer:
                    disable=(self.progress is False or self.rank != 0) or None,
                    dynamic_ncols=True, desc=self.cfg.run.name)
         stop_agreed = False  # with several processes: every rank saw a stop request by the last iteration
-        feed: Optional[Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = None
+        feed: Optional[Iterator[tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, torch.Tensor]]] = None
         try:
             for model in self.exp.parts.models.values():
                 model.train()
@@ -328,8 +340,8 @@ class Trainer:
                     path = self.save_checkpoint()
                     raise Interrupted(path, self.iteration)
                 self._apply_lr_schedule()
-                images, mine, idx = next(feed)
-                batch = Batch(images, mine).to(self.device)
+                images, labels, mine, idx = next(feed)
+                batch = Batch(images, mine, labels).to(self.device)
                 result = self.exp.objective.step(batch, self.generator)
                 if dist is not None:
                     self._sync_per_example_state(mine, idx)

@@ -268,7 +268,7 @@ def test_save_grid_draws_point_sets_as_scatter_plots(tmp_path):
 def test_coopinit_recipes_resolve(path, registries):
     from coopcore.experiment import resolve
 
-    assert resolve(path, registries=registries).objective.name in ("gan", "coopinit")
+    assert resolve(path, registries=registries).objective.name in ("gan", "coopinit", "coopinit.cut")
 
 
 def _resolved_data(name: str, registries) -> dict:

@@ -285,11 +285,11 @@ def load_cifar(spec: CifarSpec, options: CifarOptions, root: Optional[Path]) -> 
             x, y = x.index_select(0, keep), y.index_select(0, keep)
             if options.limit:
                 x, y = x[: options.limit], y[: options.limit]
-        return Uint8ImageDataset(x, name=name, scaling=options.scaling, labels=y)
+        return Uint8ImageDataset(x, name=name, scaling=options.scaling, labels=y, n_classes=spec.n_classes)
     base = find_folders_base(spec, root) if options.layout in ("auto", "folders") else None
     if base is not None:
         x, y = _load_folders(spec, base, options.split, options.limit, options.subset, options.subset_seed)
-        return Uint8ImageDataset(x, name=name, scaling=options.scaling, labels=y)
+        return Uint8ImageDataset(x, name=name, scaling=options.scaling, labels=y, n_classes=spec.n_classes)
     hint = "" if options.download else (" Automatic download is off: set data.options.download = true to use "
                                         "torchvision's downloader (needs torchvision installed).")
     raise UsageError(f"{spec.title} not found under {root}: {describe(root)}. Expected {expected} "

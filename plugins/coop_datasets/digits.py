@@ -62,4 +62,4 @@ def digits_dataset(options: DigitsOptions, root: Optional[Path] = None) -> Tenso
     x, y = x[sl], y[sl]
     if options.limit:
         x, y = x[: options.limit], y[: options.limit]
-    return TensorImageDataset(x, name=f"digits-{options.split}", labels=y)
+    return TensorImageDataset(x, name=f"digits-{options.split}", labels=y, n_classes=10)

@@ -176,7 +176,7 @@ def load_imagenet_downsampled(size: int, options: ImagenetDownsampledOptions,
         pixels[start:stop] = data if stop - start == hi - lo else data[keep[start:stop] - lo]
         del data  # free the batch before the next one is decompressed
     return Uint8ImageDataset(torch.from_numpy(pixels), name=f"imagenet{size}-{options.split}",
-                             scaling=options.scaling, labels=torch.from_numpy(labels))
+                             scaling=options.scaling, labels=torch.from_numpy(labels), n_classes=N_CLASSES)
 
 
 def imagenet32_dataset(options: ImagenetDownsampledOptions, root: Optional[Path] = None) -> Uint8ImageDataset:

@@ -94,4 +94,4 @@ def mnist_dataset(options: MnistOptions, root: Optional[Path] = None) -> TensorI
         images = F.interpolate(images, size=(options.size, options.size), mode="bilinear", align_corners=False)
     if options.limit:
         images, labels = images[: options.limit], labels[: options.limit]
-    return TensorImageDataset(images * 2.0 - 1.0, name=f"mnist-{options.split}", labels=labels)
+    return TensorImageDataset(images * 2.0 - 1.0, name=f"mnist-{options.split}", labels=labels, n_classes=10)

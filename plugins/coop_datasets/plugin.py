@@ -13,6 +13,7 @@ from .mnist import MnistOptions, mnist_dataset
 from .svhn import SvhnOptions, svhn_dataset
 from .synthetic import SyntheticOptions, synthetic_dataset
 from .texture import TextureOptions, texture_dataset
+from .unpaired import UnpairedDigitsOptions, UnpairedFoldersOptions, unpaired_digits_dataset, unpaired_folders_dataset
 from .video import VideoOptions, video_dataset
 
 
@@ -44,3 +45,7 @@ def coop_register_datasets(registry) -> None:
                  "one texture image: embedded brick/grass/gravel (scikit-image) or a file (TPAMI Exp. 1)")
     registry.add("video", video_dataset, VideoOptions,
                  "one video clip [3, T, H, W] from a file (PyAV), a frame folder or the bundled synthetic clip")
+    registry.add("unpaired_folders", unpaired_folders_dataset, UnpairedFoldersOptions,
+                 "two unpaired image domains in CUT's trainA/trainB/testA/testB folders (source batches, `target` set)")
+    registry.add("unpaired_digits", unpaired_digits_dataset, UnpairedDigitsOptions,
+                 "embedded unpaired digits: A = digits, B = inverted digits of the other half (no files)")

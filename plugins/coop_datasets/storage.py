@@ -59,13 +59,17 @@ def decode_stacked(fn: Callable[[T], np.ndarray], items: Sequence[T], shape: tup
 class Uint8ImageDataset:
     """In-memory 8-bit images [N, C, H, W] (or [N, C, T, H, W]) scaled on the fly."""
 
-    def __init__(self, images: Tensor, name: str, scaling: str, labels: Optional[Tensor] = None) -> None:
+    def __init__(self, images: Tensor, name: str, scaling: str, labels: Optional[Tensor] = None,
+                 n_classes: int = 0) -> None:
         if images.dtype != torch.uint8 or images.dim() < 2:
             raise ValueError("images must be a uint8 tensor [N, ...]")
         if labels is not None and labels.shape[0] != images.shape[0]:
             raise ValueError(f"{labels.shape[0]} labels for {images.shape[0]} images")
         self.pixels = images.contiguous()
-        self.labels = labels
+        self.labels = None if labels is None else labels.to(torch.long)
+        # The classes the labels come from (0 = not declared), so a conditional model's
+        # n_classes can be checked even when a subset misses some classes.
+        self.n_classes = int(n_classes) if labels is not None else 0
         self.name = name
         self.scaling = scaling
         self.shape = tuple(images.shape[1:])

@@ -86,4 +86,4 @@ def svhn_dataset(options: SvhnOptions, root: Optional[Path] = None) -> Uint8Imag
     if options.limit:
         x, y = x[: options.limit], y[: options.limit]
     return Uint8ImageDataset(torch.from_numpy(np.ascontiguousarray(x)), name=f"svhn-{options.split}",
-                             scaling=options.scaling, labels=torch.from_numpy(y))
+                             scaling=options.scaling, labels=torch.from_numpy(y), n_classes=10)

@@ -37,10 +37,18 @@ Choices where the paper is silent (each an option):
   configured in the recipe's `revision` role replaces it, run on log p = D(x).  The registered
   `langevin` sampler with step_size = sqrt(2 eta) performs exactly eq. 4 (its drift is
   step_size^2 / 2 = eta, its noise std step_size = sqrt(2 eta), times its noise_scale).
+- Class conditioning (the "+Cond" of Table 8; models with `n_classes` > 0, coopcore.conditioning;
+  the paper gives no conditional form of Algorithm 1).  Each synthesised example gets a label
+  y^ (`fake_labels`: "uniform" draws, right after z^, or "real" = the batch's labels), x^ =
+  G(z^, y^); the Langevin revision runs on log p(x | y^) = D(x, y^) with the label fixed; D2 is
+  mean D(x~, y^) - mean D(x, y) on the real labels y; G2 regresses G(z^, y^) on x~.  In the
+  adversarial stage the `gan` objective's conditioning applies.  `samples(n, generator,
+  labels=None)` gives classes i % n_classes unless `labels` are given; "revised" revises with
+  the same labels.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Literal, Mapping, Optional
 
 import attrs
 import torch
@@ -48,7 +56,17 @@ from torch import Tensor, nn
 
 from coopcore import Batch, Parts, Sampler, StepResult, contrastive_update, langevin_dynamics, non_negative, positive
 
-from .objective import TINY_IMAGE_EXAMPLE, Adversarial, EmaOptions, EmaTracker, GanOptions, frozen_parameters
+from .objective import (
+    TINY_CONDITIONAL_EXAMPLE,
+    TINY_IMAGE_EXAMPLE,
+    Adversarial,
+    EmaOptions,
+    EmaTracker,
+    GanOptions,
+    Labels,
+    fake_labels_field,
+    frozen_parameters,
+)
 
 
 def langevin_revision(score: Callable[[Tensor], Tensor], init: Tensor, eta: float, n_steps: int,
@@ -85,6 +103,9 @@ class CoopOptions(EmaOptions):
     langevin_steps: int = _steps()
     # Multiplies the Langevin noise std sqrt(2 eta) (1 = as printed; 0 = no noise).
     noise_scale: float = _noise_scale()
+    # Conditional models only: labels of synthesised examples, "uniform" over the classes or
+    # "real" (the real batch's labels).
+    fake_labels: Literal["uniform", "real"] = fake_labels_field()
 
 
 class CoopStage:
@@ -92,7 +113,7 @@ class CoopStage:
 
     def __init__(self, eta: float, langevin_steps: int, noise_scale: float, descriptor: nn.Module,
                  generator: nn.Module, opt_d: torch.optim.Optimizer, opt_g: torch.optim.Optimizer,
-                 sampler: Optional[Sampler] = None) -> None:
+                 sampler: Optional[Sampler] = None, fake_labels: str = "uniform") -> None:
         self.eta, self.langevin_steps = eta, langevin_steps
         # A sampler configured in the `revision` role replaces eq. 4 (then eta, langevin_steps
         # and noise_scale are unused); e.g. `langevin` with step_size sqrt(2 eta) is eq. 4.
@@ -100,25 +121,47 @@ class CoopStage:
         self.noise_std = noise_scale * (2.0 * eta) ** 0.5
         self.descriptor, self.generator = descriptor, generator
         self.opt_d, self.opt_g = opt_d, opt_g
+        self.labels = Labels(descriptor, generator, fake_labels)
 
-    def revise(self, x_init: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        """Step D1: T Langevin steps of the descriptor from x_init (parameters get no gradients)."""
+    def revise(self, x_init: Tensor, generator: torch.Generator,
+               y: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Step D1: T Langevin steps of the descriptor from x_init (parameters get no gradients),
+        on log p(x | y) = D(x, y) with the labels fixed when the descriptor is conditional."""
+        score = self.descriptor.score
+        if self.labels.d and y is not None:
+            score = lambda x: self.descriptor.score(x, y)  # noqa: E731 - the label is fixed for the chain
         with frozen_parameters(self.descriptor):
             if self.sampler is not None:
-                out = self.sampler.run(self.descriptor.score, x_init, generator)
+                out = self.sampler.run(score, x_init, generator)
                 # The sampler reports energies (-score, flat reference); eq. 4's diagnostics are scores.
                 return out.samples.detach(), -out.energies, out.grad_norms
-            return langevin_revision(self.descriptor.score, x_init, self.eta, self.langevin_steps,
-                                     self.noise_std, generator)
+            return langevin_revision(score, x_init, self.eta, self.langevin_steps, self.noise_std, generator)
 
-    def step(self, x_obs: Tensor, generator: torch.Generator) -> StepResult:
+    def _conditional_update(self, x_obs: Tensor, y_obs: Optional[Tensor], x_syn: Tensor,
+                            y_syn: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """D2 with labels: `contrastive_update`'s step (two forward passes, syn detached, float32
+        means) on D(x_obs, y_obs) and D(x_syn, y_syn); the core kernel scores without labels."""
+        f_obs = self.labels.score(self.descriptor, x_obs, y_obs).float()
+        f_syn = self.labels.score(self.descriptor, x_syn.detach(), y_syn).float()
+        loss = f_syn.mean() - f_obs.mean()
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_d.step()
+        return loss.detach(), f_obs.detach(), f_syn.detach()
+
+    def step(self, x_obs: Tensor, generator: torch.Generator, y_obs: Optional[Tensor] = None) -> StepResult:
         n = x_obs.shape[0]
+        self.labels.check_batch(y_obs)
         with torch.no_grad():  # G1
             z = self.generator.sample_latent(n, generator)
-            x_init = self.generator(z)
-        x_syn, scores, norms = self.revise(x_init, generator)  # D1
-        loss_d, d_real, d_syn = contrastive_update(self.descriptor, self.opt_d, x_obs, x_syn)  # D2
-        recon = self.generator(z)  # G2
+            y_syn = self.labels.fake(n, generator, x_obs.device, y_obs)
+            x_init = self.labels.generate(self.generator, z, y_syn)
+        x_syn, scores, norms = self.revise(x_init, generator, y_syn)  # D1
+        if self.labels.classes:  # D2
+            loss_d, d_real, d_syn = self._conditional_update(x_obs, y_obs, x_syn, y_syn)
+        else:
+            loss_d, d_real, d_syn = contrastive_update(self.descriptor, self.opt_d, x_obs, x_syn)
+        recon = self.labels.generate(self.generator, z, y_syn)  # G2
         loss_g = (x_syn - recon).flatten(1).pow(2).sum(1).mean()
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -153,27 +196,31 @@ class CoopInitCoop:
     required_samplers = ()
     contract_example = {**TINY_IMAGE_EXAMPLE,
                         "options": {"eta": 0.01, "langevin_steps": 2, "noise_scale": 0.5, "g_ema_kimg": 1.0}}
+    contract_conditional_example = {**TINY_CONDITIONAL_EXAMPLE, "options": contract_example["options"]}
 
     def __init__(self, options: CoopOptions, parts: Parts) -> None:
         self.options = options
         self.generator = parts.models["generator"]
         self.coop = CoopStage(options.eta, options.langevin_steps, options.noise_scale, parts.models["descriptor"],
                               self.generator, parts.optimizers["descriptor"], parts.optimizers["generator"],
-                              parts.samplers.get("revision"))
+                              parts.samplers.get("revision"), options.fake_labels)
         self.tracker = EmaTracker(options, self.generator)
 
     def step(self, batch: Batch, generator: torch.Generator) -> StepResult:
-        result = self.coop.step(batch.x, generator)
+        result = self.coop.step(batch.x, generator, batch.y)
         self.tracker.after_step(batch.x.shape[0])
         return result
 
-    def samples(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
+    def samples(self, n: int, generator: torch.Generator, labels: Optional[Tensor] = None) -> dict[str, Tensor]:
         """"generator" (the average when on), "generator_raw", and "revised": the trained
-        generator's samples after T Langevin steps (what the descriptor learns from)."""
-        out = self.tracker.samples(n, generator)
+        generator's samples after T Langevin steps (what the descriptor learns from).  A
+        conditional pair samples classes i % n_classes, or `labels` when given, for all three."""
+        out = self.tracker.samples(n, generator, labels)
         with torch.no_grad():
-            x_init = self.generator(self.generator.sample_latent(n, generator))
-        out["revised"] = self.coop.revise(x_init, generator)[0]
+            z = self.generator.sample_latent(n, generator)
+            y = self.coop.labels.for_samples(n, z.device, labels)
+            x_init = self.coop.labels.generate(self.generator, z, y)
+        out["revised"] = self.coop.revise(x_init, generator, y)[0]
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -212,6 +259,9 @@ class CoopInit:
     contract_example = {**TINY_2D_EXAMPLE, "steps": 2,
                         "options": {"n_coop": 4, "eta": 0.01, "langevin_steps": 2, "noise_scale": 0.5,
                                     "g_ema_kimg": 1.0, "r1_gamma": 0.1, "r1_interval": 2}}
+    # The same schedule with a conditional StyleGAN2 pair: both stages see labels.
+    contract_conditional_example = {**TINY_CONDITIONAL_EXAMPLE, "steps": 2,
+                                    "options": contract_example["options"]}
 
     def __init__(self, options: CoopInitOptions, parts: Parts) -> None:
         self.options = options
@@ -219,7 +269,8 @@ class CoopInit:
         self.generator = parts.models["generator"]
         self.opt_d, self.opt_g = parts.optimizers["descriptor"], parts.optimizers["generator"]
         self.coop = CoopStage(options.eta, options.langevin_steps, options.noise_scale, self.descriptor,
-                              self.generator, self.opt_d, self.opt_g, parts.samplers.get("revision"))
+                              self.generator, self.opt_d, self.opt_g, parts.samplers.get("revision"),
+                              options.fake_labels)
         self.adversarial = Adversarial(options, self.descriptor, self.generator, self.opt_d, self.opt_g)
         self.tracker = EmaTracker(options, self.generator)
         self.switched = False  # whether the switch (and an optimiser reset, if asked) has happened
@@ -241,19 +292,20 @@ class CoopInit:
 
     def step(self, batch: Batch, generator: torch.Generator) -> StepResult:
         if self.in_coop_stage():
-            result = self.coop.step(batch.x, generator)
+            result = self.coop.step(batch.x, generator, batch.y)
             stage = 0.0
         else:
             if not self.switched:
                 self._switch()
-            result = self.adversarial.step(batch.x, generator)
+            result = self.adversarial.step(batch.x, generator, batch.y)
             stage = 1.0
         self.tracker.after_step(batch.x.shape[0])
         result.scalars["stage"] = torch.tensor(stage, device=batch.x.device)
         return result
 
-    def samples(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
-        return self.tracker.samples(n, generator)
+    def samples(self, n: int, generator: torch.Generator, labels: Optional[Tensor] = None) -> dict[str, Tensor]:
+        """Generator samples (EMA and raw); conditional: classes i % n_classes, or `labels`."""
+        return self.tracker.samples(n, generator, labels)
 
     def state_dict(self) -> dict[str, Any]:
         return {"d_updates": self.adversarial.d_updates, "switched": self.switched, **self.tracker.state_dict(),

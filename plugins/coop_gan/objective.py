@@ -43,6 +43,17 @@ Choices where the papers are silent or where we depart from StyleGAN2-ADA's code
   StyleGAN2 generator with noise_mode "latent" that includes its noise maps).  With ADA on,
   D(G(z + dz)) is augmented independently, as every D evaluation is.  Off: no extra random
   numbers, scalars or state.
+- Class conditioning (a descriptor and/or generator with `n_classes` > 0; coopcore.conditioning):
+  reals are scored as D(x, batch.y); every generated batch gets labels from `fake_labels`
+  ("uniform": uniform over the classes from the step's generator, drawn right after the latents;
+  "real": the real batch's labels, the training set's label frequencies that StyleGAN2-ADA's
+  draw from the dataset's label list has) and D sees (G(z, y_fake), y_fake).  The G update draws
+  fresh labels as it draws fresh latents.  R1 uses the real labels; WGAN-GP scores its
+  interpolates eps x_real + (1 - eps) x_fake with the real batch's labels (the papers do not
+  say; an interpolate has no label of its own, and the real one keeps the penalty on the data
+  side); zCR scores G(z + dz, y_fake) with the fakes' labels.  ADA augments images only.
+  `samples(n, generator, labels=None)`: classes i % n_classes unless `labels` are given; the
+  EMA generator takes the same labels.  Unconditional runs draw no labels (same numbers).
 """
 from __future__ import annotations
 
@@ -53,6 +64,7 @@ import torch
 from torch import Tensor, nn
 
 from coopcore import Batch, Parts, StepResult, non_negative, positive
+from coopcore.conditioning import FAKE_LABEL_MODES, balanced_labels, draw_labels, is_conditional, run_classes
 
 from .ada import Ada, AdaOptions
 from .ema import GeneratorEMA, ema_beta
@@ -86,6 +98,11 @@ def _optional_non_negative(instance: Any, attribute: attrs.Attribute, value: Opt
     """Validator: >= 0 or none."""
     if value is not None and not value >= 0:
         raise ValueError(f"'{attribute.name}' must be >= 0 or \"none\", got {value!r}")
+
+
+def fake_labels_field() -> Any:
+    """The `fake_labels` option of every objective that trains a conditional generator."""
+    return attrs.field(default="uniform", validator=attrs.validators.in_(FAKE_LABEL_MODES))
 
 
 @attrs.frozen(kw_only=True)
@@ -151,6 +168,9 @@ class GanOptions(EmaOptions):
     # Latent consistency regularisation (zCR): a `[zcr]` table (weight_dis, weight_gen,
     # noise_std, gen_reduction).  Default: off.  In `coopinit` it acts in the adversarial stage.
     zcr: ZcrOptions = attrs.field(factory=ZcrOptions)
+    # Conditional models only: labels of generated examples, "uniform" over the classes or
+    # "real" (the real batch's labels: the training set's class frequencies).
+    fake_labels: Literal["uniform", "real"] = fake_labels_field()
 
     def __attrs_post_init__(self) -> None:
         if self.loss == "wgan_gp" and self.gp_lambda == 0:
@@ -222,6 +242,49 @@ class frozen_parameters:
             p.requires_grad_(flag)
 
 
+class Labels:
+    """Who takes labels in a descriptor/generator pair, and the labels generated examples get."""
+
+    def __init__(self, descriptor: nn.Module, generator: nn.Module, mode: str = "uniform") -> None:
+        self.classes = run_classes([descriptor, generator])
+        self.d, self.g = is_conditional(descriptor), is_conditional(generator)
+        self.mode = mode
+
+    def check_batch(self, y: Optional[Tensor]) -> None:
+        if self.classes and y is None:
+            raise ValueError("the descriptor/generator pair is conditional but the batch has no labels (batch.y); "
+                             "the trainer fills it from the dataset's get_labels")
+
+    def fake(self, n: int, generator: torch.Generator, device: torch.device,
+             real: Optional[Tensor] = None) -> Optional[Tensor]:
+        """Labels of `n` generated examples (None in an unconditional pair: nothing is drawn)."""
+        if not self.classes:
+            return None
+        return draw_labels(n, self.classes, generator, device, self.mode, real)  # type: ignore[arg-type]
+
+    def for_samples(self, n: int, device: torch.device, labels: Optional[Tensor] = None) -> Optional[Tensor]:
+        """Labels of `n` samples: `labels` (int64 [n]) when given, else classes i % n_classes;
+        None for an unconditional pair, which refuses labels."""
+        if not self.classes:
+            if labels is not None:
+                raise ValueError("labels were given, but neither model is conditional (n_classes = 0)")
+            return None
+        if labels is None:
+            return balanced_labels(n, self.classes, device)
+        labels = torch.as_tensor(labels, dtype=torch.long, device=device).reshape(-1)
+        if labels.shape[0] != n:
+            raise ValueError(f"{labels.shape[0]} labels for {n} samples")
+        return labels
+
+    def generate(self, net: nn.Module, z: Tensor, y: Optional[Tensor]) -> Tensor:
+        """G(z) or G(z, y) for a conditional generator."""
+        return net(z, y) if self.g else net(z)
+
+    def score(self, descriptor: nn.Module, x: Tensor, y: Optional[Tensor]) -> Tensor:
+        """D(x) or D(x, y) for a conditional descriptor."""
+        return descriptor.score(x, y) if self.d else descriptor.score(x)
+
+
 class Adversarial:
     """The adversarial updates on a descriptor/generator pair (shared by `gan` and `coopinit`)."""
 
@@ -242,33 +305,40 @@ class Adversarial:
         self.ada = Ada(options.ada) if options.ada.augment != "none" else None
         # The last G update's extra terms (zCR), for the step's scalars; empty while zCR is off.
         self.last_g_terms: dict[str, Tensor] = {}
+        self.labels = Labels(descriptor, generator, options.fake_labels)
 
-    def discriminate(self, x: Tensor) -> Tensor:
-        """D(x): the descriptor's score, one logit per example."""
-        return self.descriptor.score(x)
+    def discriminate(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """D(x) (or D(x, y) when conditional): the descriptor's score, one logit per example."""
+        return self.labels.score(self.descriptor, x, y)
 
-    def critic(self, generator: torch.Generator) -> Callable[[Tensor], Tensor]:
-        """D as the losses and penalties see it: D(augment(x)) with ADA on (fresh augmentations
-        from `generator` at each call, as StyleGAN2-ADA augments inside every D evaluation), else
-        `discriminate` itself."""
+    def critic(self, generator: torch.Generator, y: Optional[Tensor] = None) -> Callable[[Tensor], Tensor]:
+        """D as the losses and penalties see it, for labels `y` (ignored when D is unconditional):
+        D(augment(x), y) with ADA on (fresh augmentations from `generator` at each call, as
+        StyleGAN2-ADA augments inside every D evaluation), else `discriminate` itself."""
         ada = self.ada
         if ada is None:
-            return self.discriminate
-        return lambda x: self.discriminate(ada.augment(x, generator))
+            if y is None or not self.labels.d:
+                return self.discriminate
+            return lambda x: self.discriminate(x, y)
+        return lambda x: self.discriminate(ada.augment(x, generator), y)
 
-    def fake(self, n: int, generator: torch.Generator) -> Tensor:
-        return self.generator(self.generator.sample_latent(n, generator))
+    def fake(self, n: int, generator: torch.Generator, y: Optional[Tensor] = None) -> Tensor:
+        return self.labels.generate(self.generator, self.generator.sample_latent(n, generator), y)
 
-    def d_update(self, x_real: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+    def d_update(self, x_real: Tensor, generator: torch.Generator,
+                 y_real: Optional[Tensor] = None) -> dict[str, Tensor]:
         """One discriminator step; returns its loss terms and the logits (detached)."""
         o = self.options
+        self.labels.check_batch(y_real)
         with torch.no_grad():
             # = self.fake(n), with the latents kept for zCR's perturbation.
             z = self.generator.sample_latent(x_real.shape[0], generator)
-            x_fake = self.generator(z)
-        critic = self.critic(generator)
+            y_fake = self.labels.fake(x_real.shape[0], generator, x_real.device, y_real)
+            x_fake = self.labels.generate(self.generator, z, y_fake)
+        critic = self.critic(generator, y_real)
+        critic_fake = self.critic(generator, y_fake)
         d_real = critic(x_real)
-        d_fake = critic(x_fake)
+        d_fake = critic_fake(x_fake)
         loss = d_loss(o.base_loss, d_real, d_fake)
         zero = torch.zeros((), device=x_real.device)
         gp = r1 = zero
@@ -277,8 +347,8 @@ class Adversarial:
             # zCR, D term: the same fakes' logits against those of G at perturbed latents (G
             # is not trained here, so its outputs carry no graph).
             with torch.no_grad():
-                x_pert = self.generator(perturb_latent(z, o.zcr.noise_std, generator))
-            extra["zcr_d"] = zcr_discriminator_term(d_fake, critic(x_pert), o.zcr.weight_dis)
+                x_pert = self.labels.generate(self.generator, perturb_latent(z, o.zcr.noise_std, generator), y_fake)
+            extra["zcr_d"] = zcr_discriminator_term(d_fake, critic_fake(x_pert), o.zcr.weight_dis)
         if o.gp_weight > 0:
             gp = gradient_penalty(critic, x_real, x_fake, generator, o.gp_weight)
         if o.r1_gamma > 0:
@@ -299,18 +369,21 @@ class Adversarial:
         return {"loss_d": loss.detach(), "d_real": d_real.detach(), "d_fake": d_fake.detach(),
                 "gp": gp.detach(), "r1": r1.detach(), **{k: v.detach() for k, v in extra.items()}}
 
-    def g_update(self, n: int, generator: torch.Generator) -> Tensor:
-        """One generator step on fresh latents; D's parameters get no gradients."""
+    def g_update(self, n: int, generator: torch.Generator, y_real: Optional[Tensor] = None) -> Tensor:
+        """One generator step on fresh latents (and fresh labels when conditional; `y_real` is
+        only used by fake_labels = "real"); D's parameters get no gradients."""
         o = self.options
         with frozen_parameters(self.descriptor):
             z = self.generator.sample_latent(n, generator)  # = self.fake(n), latents kept for zCR
-            x = self.generator(z)
-            loss_g = g_loss(o.base_loss, self.critic(generator)(x))
+            device = z.device
+            y = self.labels.fake(n, generator, device, y_real)
+            x = self.labels.generate(self.generator, z, y)
+            loss_g = g_loss(o.base_loss, self.critic(generator, y)(x))
             total = loss_g
             self.last_g_terms = {}
             if o.zcr.weight_gen > 0:
                 # zCR, G term: both images carry G's graph, D is not evaluated.
-                x_pert = self.generator(perturb_latent(z, o.zcr.noise_std, generator))
+                x_pert = self.labels.generate(self.generator, perturb_latent(z, o.zcr.noise_std, generator), y)
                 zcr_g = zcr_generator_term(x, x_pert, o.zcr.weight_gen, o.zcr.gen_reduction)
                 total = loss_g + zcr_g
                 self.last_g_terms["zcr_g"] = zcr_g.detach()
@@ -319,11 +392,12 @@ class Adversarial:
             self.opt_g.step()
         return loss_g.detach()
 
-    def step(self, x_real: Tensor, generator: torch.Generator) -> StepResult:
-        """`d_steps` D updates on the same real batch, then one G update."""
+    def step(self, x_real: Tensor, generator: torch.Generator, y_real: Optional[Tensor] = None) -> StepResult:
+        """`d_steps` D updates on the same real batch (and its labels `y_real` when conditional),
+        then one G update."""
         for _ in range(self.options.d_steps):
-            d = self.d_update(x_real, generator)
-        loss_g = self.g_update(x_real.shape[0], generator)
+            d = self.d_update(x_real, generator, y_real)
+        loss_g = self.g_update(x_real.shape[0], generator, y_real)
         scalars = {"loss_d": d["loss_d"], "loss_g": loss_g, "d_real": d["d_real"].mean(),
                    "d_fake": d["d_fake"].mean(), "gp": d["gp"], "r1": d["r1"]}
         if "zcr_d" in d:
@@ -352,6 +426,7 @@ class EmaTracker:
         self.generator = generator
         self.images = 0  # training images consumed so far (CoopInit's N); checkpointed
         self.ema = GeneratorEMA(generator) if options.g_ema_kimg > 0 else None
+        self.conditional = is_conditional(generator)
 
     def after_step(self, batch_size: int) -> None:
         """Count the batch, then move the average towards the generator."""
@@ -360,15 +435,34 @@ class EmaTracker:
             o = self.options
             self.ema.update(self.generator, ema_beta(batch_size, self.images, o.g_ema_kimg, o.g_ema_rampup))
 
-    def samples(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
+    def sample_labels(self, n: int, device: torch.device, labels: Optional[Tensor] = None) -> Optional[Tensor]:
+        """The labels of `n` samples of a conditional generator: `labels` when given (int64 [n]),
+        else classes i % n_classes; None for an unconditional generator, which refuses labels."""
+        if not self.conditional:
+            if labels is not None:
+                raise ValueError("labels were given, but the generator is unconditional (n_classes = 0)")
+            return None
+        if labels is None:
+            return balanced_labels(n, int(self.generator.n_classes), device)
+        labels = torch.as_tensor(labels, dtype=torch.long, device=device).reshape(-1)
+        if labels.shape[0] != n:
+            raise ValueError(f"{labels.shape[0]} labels for {n} samples")
+        return labels
+
+    def generate(self, net: nn.Module, z: Tensor, y: Optional[Tensor]) -> Tensor:
+        return net(z) if y is None else net(z, y)
+
+    def samples(self, n: int, generator: torch.Generator, labels: Optional[Tensor] = None) -> dict[str, Tensor]:
         """"generator": from the average when there is one (else the network); "generator_raw"
-        as well when there is an average.  Both use the same latents."""
+        as well when there is an average.  Both use the same latents (and labels: `labels`, or
+        classes i % n_classes for a conditional generator)."""
         with torch.no_grad():
             z = self.generator.sample_latent(n, generator)
-            raw = self.generator(z)
+            y = self.sample_labels(n, z.device, labels)
+            raw = self.generate(self.generator, z, y)
             if self.ema is None:
                 return {"generator": raw}
-            return {"generator": self.ema.module(z), "generator_raw": raw}
+            return {"generator": self.generate(self.ema.module, z, y), "generator_raw": raw}
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"images": self.images}
@@ -394,6 +488,21 @@ TINY_IMAGE_EXAMPLE: dict[str, Any] = {
 }
 
 
+# A tiny class-conditional StyleGAN2 pair on 8x8 digits (labels 0-9), for the contract's label path.
+_TINY_SG2 = {"resolution": 8, "img_channels": 1, "channel_base": 32, "channel_max": 8, "n_classes": 10}
+TINY_CONDITIONAL_EXAMPLE: dict[str, Any] = {
+    "data": {"name": "digits", "batch_size": 4, "options": {"size": 8, "limit": 12}},
+    "models": {
+        "descriptor": {"name": "coopinit.discriminator.stylegan2",
+                       "options": {**_TINY_SG2, "mbstd_group_size": 2, "mapping_layers": 1}},
+        "generator": {"name": "coopinit.generator.stylegan2",
+                      "options": {**_TINY_SG2, "z_dim": 8, "w_dim": 8, "mapping_layers": 1}},
+    },
+    "optimizers": {"descriptor": {"name": "adam", "lr": 1e-3, "betas": [0.0, 0.99]},
+                   "generator": {"name": "adam", "lr": 1e-3, "betas": [0.0, 0.99]}},
+}
+
+
 class Gan:
     """GAN training; the discriminator is the descriptor network (D(x) = descriptor.score(x))."""
 
@@ -401,6 +510,13 @@ class Gan:
     required_samplers = ()
     contract_example = {**TINY_IMAGE_EXAMPLE,
                         "options": {"loss": "ns", "r1_gamma": 0.1, "r1_interval": 2, "g_ema_kimg": 1.0}}
+    # Every label path at once: R1, WGAN-GP interpolates, zCR on both sides, ADA.
+    contract_conditional_example = {
+        **TINY_CONDITIONAL_EXAMPLE,
+        "options": {"loss": "wgan_gp", "r1_gamma": 0.1, "g_ema_kimg": 1.0,
+                    "zcr": {"weight_dis": 1.0, "weight_gen": 0.1},
+                    "ada": {"augment": "bgc", "augment_p": 0.5, "augment_fixed": True}},
+    }
 
     def __init__(self, options: GanOptions, parts: Parts) -> None:
         self.options = options
@@ -411,12 +527,13 @@ class Gan:
         self.tracker = EmaTracker(options, self.generator)
 
     def step(self, batch: Batch, generator: torch.Generator) -> StepResult:
-        result = self.adversarial.step(batch.x, generator)
+        result = self.adversarial.step(batch.x, generator, batch.y)
         self.tracker.after_step(batch.x.shape[0])
         return result
 
-    def samples(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
-        return self.tracker.samples(n, generator)
+    def samples(self, n: int, generator: torch.Generator, labels: Optional[Tensor] = None) -> dict[str, Tensor]:
+        """Generator samples (EMA and raw); conditional: classes i % n_classes, or `labels`."""
+        return self.tracker.samples(n, generator, labels)
 
     def state_dict(self) -> dict[str, Any]:
         return {"d_updates": self.adversarial.d_updates, **self.tracker.state_dict(), **self.adversarial.ada_state()}

@@ -1,15 +1,21 @@
 """Entry point of the GAN + CoopInit plugin.
 
-Objectives: `gan` (NS / hinge / WGAN / WGAN-GP, lazy R1, generator EMA), `coopinit.coop`
-(CoopInit Algorithm 1) and `coopinit` (Algorithm 2: cooperative stage, then adversarial).
-Networks: DCGAN pairs for 32x32 and 64x64, the StyleGAN2 pair of CoopInit's tables, MLPs for
-2-D toys.  Data: `ring_of_gaussians` (Figure 1's toy) and its metric `gan.ring_modes`.
+Objectives: `gan` (NS / hinge / WGAN / WGAN-GP, lazy R1, generator EMA, ADA, SN / zCR),
+`coopinit.coop` (CoopInit Algorithm 1), `coopinit` (Algorithm 2: cooperative stage, then
+adversarial), `cut` and `coopinit.cut` (contrastive unpaired translation, Table 4).
+Networks: DCGAN pairs for 32x32 and 64x64, the StyleGAN2 pair of CoopInit's tables (optionally
+class-conditional), BigGAN for 32 and 64 pixels, CUT's ResNet generator and PatchGAN
+discriminator, MLPs for 2-D toys.  Data: `ring_of_gaussians` (Figure 1's toy) and its metric
+`gan.ring_modes`.  Tables: the twelve CoopInit table specs in `coop_gan/tables/`.
 """
 from __future__ import annotations
 
 from coopcore import hookimpl, preset_options
+from coopcore.repro import register_table_files
 
+from .biggan import register_biggan_discriminators, register_biggan_generators
 from .coopinit import CoopInit, CoopInitCoop, CoopInitOptions, CoopOptions
+from .cut import register_cut_energy_models, register_cut_generators, register_cut_objectives
 from .dcgan import DCGANDiscriminator, DCGANDiscriminatorOptions, DCGANGenerator, DCGANGeneratorOptions
 from .mlp import MLPDiscriminator, MLPDiscriminatorOptions, MLPGenerator, MLPGeneratorOptions
 from .objective import Gan, GanOptions
@@ -40,6 +46,8 @@ def coop_register_energy_models(registry) -> None:
                                 input_shape=(3, 64, 64), channels=(64, 128, 256, 512)), DCGAN64_D)
     registry.add("coopinit.discriminator.stylegan2", StyleGAN2Discriminator, StyleGAN2DiscriminatorOptions,
                  "StyleGAN2 discriminator (orig | skip | resnet, minibatch std); StyleGAN2-ADA cifar defaults")
+    register_cut_energy_models(registry)
+    register_biggan_discriminators(registry)
 
 
 @hookimpl
@@ -55,6 +63,8 @@ def coop_register_generators(registry) -> None:
                                 output_shape=(3, 64, 64), channels=(512, 256, 128, 64)), DCGAN64_G)
     registry.add("coopinit.generator.stylegan2", StyleGAN2Generator, StyleGAN2GeneratorOptions,
                  "StyleGAN2 generator (mapping, modulated convs, noise, skip toRGB); StyleGAN2-ADA cifar defaults")
+    register_cut_generators(registry)
+    register_biggan_generators(registry)
 
 
 @hookimpl
@@ -65,6 +75,7 @@ def coop_register_objectives(registry) -> None:
                  "CoopInit Algorithm 1: cooperative learning (Langevin eq. 4, MCMC teaching)")
     registry.add("coopinit", CoopInit, CoopInitOptions,
                  "CoopInit Algorithm 2: Algorithm 1 for n_coop images, then adversarial training")
+    register_cut_objectives(registry)
 
 
 @hookimpl
@@ -77,3 +88,8 @@ def coop_register_datasets(registry) -> None:
 def coop_register_metrics(registry) -> None:
     registry.add("gan.ring_modes", RingModes, RingModesOptions,
                  "modes covered / high-quality fraction of 2-D samples on the ring of Gaussians")
+
+
+@hookimpl
+def coop_register_tables(registry) -> None:
+    register_table_files(registry, "coop_gan.tables")

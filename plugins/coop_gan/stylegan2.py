@@ -50,7 +50,21 @@ Choices where the description leaves something open (options where it matters):
   reports as different; it is `channel_base = 32768`.  Table 9's discriminator scales are
   `capacity` of the discriminator alone (the generator stays at s = 1/4).  `capacity_table`
   lists the channels per resolution.
-- Conditioning (Table 8's "+Cond"), mixed precision and conv clamping are not implemented.
+- Mixed precision and conv clamping are not implemented.
+- Class conditioning (CoopInit Table 8's "+Cond"; StyleGAN2-ADA's conditional networks), on with
+  `n_classes` > 0 on both networks (0, the default, builds exactly the unconditional networks
+  with the same parameter names).  Labels are int64 class indices y [B]
+  (`coopcore.conditioning`).  Generator: the one-hot label goes through a linear embedding
+  (`embed`, equalised lr, to `embed_dim` = w_dim by default), is normalised to unit second
+  moment like z, and the mapping network takes [z normalised, embedding normalised]
+  (z_dim + embed_dim inputs).  Discriminator (projection, Miyato & Koyama 2018, as in
+  StyleGAN2-ADA): a label mapping network (`label_embed` then `label_mapping`: embedding,
+  normalisation, `mapping_layers` = 8 fully connected layers with learning-rate multiplier
+  0.01, StyleGAN2-ADA's defaults for D, to `cmap_dim` = the 4x4 channels by default) gives
+  cmap(y); the last layer outputs `cmap_dim` features phi(x) instead of one logit, and
+  D(x, y) = sum(phi(x) * cmap(y)) / sqrt(cmap_dim).  The one-hot product is computed as a
+  column lookup of the embedding weight (no one-hot tensor, no host sync); with
+  `spectral_norm` the label layers are normalised too.
 - Spectral normalisation (CoopInit Table 6's "+ R1 + Spectral Norm"; Miyato et al. 2018), a
   discriminator option, off by default: every conv and fully connected weight of D is divided
   by its largest singular value, estimated by one power iteration per forward pass in training
@@ -73,6 +87,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from coopcore import EnergyModelBase, GeneratorBase, non_negative, positive
+from coopcore.conditioning import require_labels
 
 SQRT2 = math.sqrt(2.0)
 
@@ -147,6 +162,18 @@ class EqualLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         y = F.linear(x, self.weight * self.weight_gain, self.bias * self.lr_mul)
         return lrelu(y) if self.activation else y
+
+    def one_hot(self, labels: Tensor) -> Tensor:
+        """The layer applied to one-hot vectors of `labels` (int64 [B]): column `label` of the
+        effective weight plus the bias, looked up instead of multiplied."""
+        w = self.weight * self.weight_gain
+        y = w.t().index_select(0, labels) + self.bias * self.lr_mul
+        return lrelu(y) if self.activation else y
+
+
+def normalize_2nd_moment(x: Tensor) -> Tensor:
+    """x / sqrt(mean(x^2) + 1e-8) per example (StyleGAN's pixel norm of z and label embeddings)."""
+    return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
 
 
 class EqualConv2d(nn.Module):
@@ -254,6 +281,11 @@ class StyleGAN2GeneratorOptions:
     noise_mode: Literal["latent", "const", "none"] = "latent"
     # Observation noise of the Generator protocol (CoopInit's losses do not use it).
     sigma: float = attrs.field(default=0.3, validator=positive)
+    # Class conditioning: the number of classes (0 = unconditional, the network without labels);
+    # the generator is then called G(z, y) with int64 class indices y.
+    n_classes: int = attrs.field(default=0, validator=non_negative)
+    # Width of the label embedding fed to the mapping network beside z (0 = w_dim, StyleGAN2-ADA).
+    embed_dim: int = attrs.field(default=0, validator=non_negative)
 
 
 class StyleGAN2Generator(GeneratorBase):
@@ -267,8 +299,12 @@ class StyleGAN2Generator(GeneratorBase):
         n_noise = sum(r * r for r in self.noise_shapes) if o.noise_mode == "latent" else 0
         super().__init__((o.z_dim + n_noise,), (o.img_channels, o.resolution, o.resolution), o.sigma)
         self.options = o
+        self.n_classes = o.n_classes
         ch = {r: channels_at(r, o.channel_base, o.channel_max, o.capacity) for r in self.resolutions}
-        dims = [o.z_dim] + [o.w_dim] * o.mapping_layers
+        embed_dim = (o.embed_dim or o.w_dim) if o.n_classes else 0
+        if o.n_classes:
+            self.embed = EqualLinear(o.n_classes, embed_dim)
+        dims = [o.z_dim + embed_dim] + [o.w_dim] * o.mapping_layers
         self.mapping = nn.ModuleList(
             EqualLinear(a, b, lr_mul=o.mapping_lr_mul, activation=True) for a, b in zip(dims[:-1], dims[1:])
         )
@@ -284,9 +320,17 @@ class StyleGAN2Generator(GeneratorBase):
             for i, r in enumerate(self.noise_shapes):
                 self.register_buffer(f"noise_const{i}", torch.randn(1, 1, r, r))
 
-    def map(self, z: Tensor) -> Tensor:
-        """The mapping network z -> w (z normalised to unit second moment first)."""
-        w = z * torch.rsqrt(z.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+    def embed_labels(self, y: Tensor) -> Tensor:
+        """The normalised label embedding the mapping network takes beside z (conditional only)."""
+        return normalize_2nd_moment(self.embed.one_hot(y))
+
+    def map(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """The mapping network (z, y) -> w: z normalised to unit second moment, concatenated with
+        the normalised label embedding when conditional."""
+        y = require_labels(self, y, z.shape[0])
+        w = normalize_2nd_moment(z)
+        if y is not None:
+            w = torch.cat([w, self.embed_labels(y)], dim=1)
         for layer in self.mapping:
             w = layer(w)
         return w
@@ -304,9 +348,9 @@ class StyleGAN2Generator(GeneratorBase):
             start += r * r
         return maps
 
-    def forward(self, latent: Tensor) -> Tensor:
+    def forward(self, latent: Tensor, y: Optional[Tensor] = None) -> Tensor:
         latent = latent.flatten(1)
-        w = self.map(latent[:, : self.options.z_dim])
+        w = self.map(latent[:, : self.options.z_dim], y)
         noise = self._noise(latent)
         x = self.const[None].expand(latent.shape[0], -1, -1, -1)
         x = self.layers[0](x, w, noise[0])
@@ -336,6 +380,15 @@ class StyleGAN2DiscriminatorOptions:
     # Spectral normalisation of every conv / fully connected weight (CoopInit Table 6, Miyato et
     # al. 2018); normalises the effective (equalised-lr) weight, see the module docstring.
     spectral_norm: bool = False
+    # Class conditioning by projection: the number of classes (0 = unconditional, the network
+    # without labels); D(x, y) = sum(phi(x) * cmap(y)) / sqrt(cmap_dim).
+    n_classes: int = attrs.field(default=0, validator=non_negative)
+    # Width of cmap(y) and phi(x) (0 = the 4x4 channels, StyleGAN2-ADA's default).
+    cmap_dim: int = attrs.field(default=0, validator=non_negative)
+    # Fully connected layers of the label mapping network (StyleGAN2-ADA's D: 8).
+    mapping_layers: int = attrs.field(default=8, validator=non_negative)
+    # Learning-rate multiplier of those layers (StyleGAN2-ADA: 0.01).
+    mapping_lr_mul: float = attrs.field(default=0.01, validator=positive)
 
 
 def apply_spectral_norm(module: nn.Module) -> None:
@@ -376,6 +429,7 @@ class StyleGAN2Discriminator(EnergyModelBase):
         o = options
         super().__init__((o.img_channels, o.resolution, o.resolution), None)
         self.options = o
+        self.n_classes = o.n_classes
         res = [2**i for i in range(int(math.log2(o.resolution)), 1, -1)]  # R, ..., 4
         ch = {r: channels_at(r, o.channel_base, o.channel_max, o.capacity) for r in res}
         skip = o.architecture == "skip"
@@ -390,11 +444,37 @@ class StyleGAN2Discriminator(EnergyModelBase):
         c4 = ch[4]
         self.epilogue_conv = EqualConv2d(c4 + o.mbstd_channels, c4, 3)
         self.fc = EqualLinear(c4 * 16, c4, activation=True)
-        self.out = EqualLinear(c4, 1)
+        self.cmap_dim = (o.cmap_dim or c4) if o.n_classes else 0
+        self.out = EqualLinear(c4, self.cmap_dim or 1)
+        if o.n_classes:
+            self.label_embed = EqualLinear(o.n_classes, self.cmap_dim)
+            self.label_mapping = nn.ModuleList(
+                EqualLinear(self.cmap_dim, self.cmap_dim, lr_mul=o.mapping_lr_mul, activation=True)
+                for _ in range(o.mapping_layers)
+            )
         if o.spectral_norm:
             apply_spectral_norm(self)
 
-    def score(self, x: Tensor) -> Tensor:
+    def cmap(self, y: Tensor) -> Tensor:
+        """The projection vector of labels y: embedding, normalisation, label mapping [B, cmap_dim]."""
+        c = normalize_2nd_moment(self.label_embed.one_hot(y))
+        for layer in self.label_mapping:
+            c = layer(c)
+        return c
+
+    def score(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        y = require_labels(self, y, x.shape[0])
+        phi = self.features(x)
+        if y is None:
+            return phi.squeeze(1)
+        return (phi * self.cmap(y)).sum(dim=1) * (1.0 / math.sqrt(self.cmap_dim))
+
+    def energy(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        return -self.score(x, y)  # flat reference (reference_std None)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The last layer's output: [B, 1] (the logit) unconditional, [B, cmap_dim] phi(x) for
+        the projection when conditional."""
         o = self.options
         skip = o.architecture == "skip"
         img = x
@@ -414,4 +494,4 @@ class StyleGAN2Discriminator(EnergyModelBase):
             h = minibatch_std(h, o.mbstd_group_size, o.mbstd_channels)
         h = self.epilogue_conv(h)
         h = self.fc(h.flatten(1))
-        return self.out(h).squeeze(1)
+        return self.out(h)
