@@ -24,6 +24,10 @@ SCALES = ("smoke", "short", "full")
 Aggregate = Literal["single", "mean", "mean_sd", "mean_se"]
 # A sweep: a table of lists (every combination of the values) or a list of tables (exactly
 # these combinations, for values that vary together, e.g. a size and its iteration count).
+# In a table of lists, a list of tables is a group of variables that vary together inside the
+# product: `{ lr = [2e-3, 3e-3], method = [{ method = "gan", n_coop = 0 }, { method = "coopinit",
+# n_coop = 750000 }] }` gives four runs, each with the variables lr, method and n_coop (the
+# group's own name is not a variable unless one of its tables sets it).
 Sweep = Union[dict[str, tuple[Any, ...]], tuple[dict[str, Any], ...]]
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -199,9 +203,7 @@ def check_spec(spec: TableSpec, source: str) -> None:
         for s in spec.scales:
             sweep = _sweep(run, s)
             variables = _variables(sweep)
-            if not isinstance(sweep, Mapping) and any(set(c) != set(variables) for c in sweep):
-                raise ConfigError(f"{where}.sweep", "every table of a list-of-tables sweep must set the same "
-                                  f"variables ({', '.join(variables)})", source)
+            _check_sweep(sweep, where, source)
             for name in _PLACEHOLDER.findall(run.id):
                 if name not in variables:
                     raise ConfigError(f"{where}.id", f"placeholder {{{name}}} is not a sweep variable at scale "
@@ -266,13 +268,54 @@ def _combinations(sweep: Sweep) -> list[dict[str, Any]]:
     if not isinstance(sweep, Mapping):
         return [dict(combination) for combination in sweep]
     names = list(sweep)
-    return [dict(zip(names, values)) for values in itertools.product(*(sweep[n] for n in names))]
+    out = []
+    for values in itertools.product(*(sweep[n] for n in names)):
+        combination: dict[str, Any] = {}
+        for name, value in zip(names, values):
+            combination.update(value if isinstance(value, Mapping) else {name: value})
+        out.append(combination)
+    return out
+
+
+def _is_group(values: Any) -> bool:
+    """A product sweep's entry whose values are tables: variables that vary together."""
+    return isinstance(values, (list, tuple)) and bool(values) and all(isinstance(v, Mapping) for v in values)
 
 
 def _variables(sweep: Sweep) -> list[str]:
     if isinstance(sweep, Mapping):
-        return list(sweep)
+        names: list[str] = []
+        for name, values in sweep.items():
+            for v in (sorted({k for t in values for k in t}) if _is_group(values) else [name]):
+                if v not in names:
+                    names.append(v)
+        return names
     return sorted({name for combination in sweep for name in combination})
+
+
+def _check_sweep(sweep: Sweep, where: str, source: str) -> None:
+    """The tables of one group (or of a list-of-tables sweep) set the same variables, and no
+    variable is set twice in a product."""
+    groups = [list(sweep)] if not isinstance(sweep, Mapping) else [v for v in sweep.values() if _is_group(v)]
+    for tables in groups:
+        keys = {frozenset(t) for t in tables}
+        if len(keys) > 1:
+            raise ConfigError(f"{where}.sweep", "every table of a list-of-tables sweep (or of a group inside a "
+                              f"product) must set the same variables ({', '.join(_variables(tuple(tables)))})",
+                              source)
+    if isinstance(sweep, Mapping):
+        seen: list[str] = []
+        for name, values in sweep.items():
+            if isinstance(values, (list, tuple)) and any(isinstance(v, Mapping) for v in values) \
+                    and not _is_group(values):
+                raise ConfigError(f"{where}.sweep.{name}", "mixes tables and plain values: a group must be "
+                                  "a list of tables only", source)
+            own = sorted({k for t in values for k in t}) if _is_group(values) else [name]
+            twice = [v for v in own if v in seen]
+            if twice:
+                raise ConfigError(f"{where}.sweep", f"variable '{twice[0]}' is set by two entries of the "
+                                  "product", source)
+            seen.extend(own)
 
 
 def _sweep(run: RunSpec, scale: str) -> Sweep:
@@ -325,7 +368,9 @@ def plan_runs(spec: TableSpec, scale: str) -> list[PlannedRun]:
                 id=substitute(run.id, variables),
                 spec=run,
                 recipe=substitute(sc.recipe or run.recipe, variables),
-                overrides=tuple(substitute(list(run.set) + list(sc.set), variables)),
+                # An override that a sweep variable leaves empty is dropped, so a group can give
+                # a setting to some of its variants only ({ extra = "" } for the others).
+                overrides=tuple(o for o in substitute(list(run.set) + list(sc.set), variables) if o != ""),
                 train=run.train,
                 evals=tuple(EvalSpec(e.label and substitute(e.label, variables), e.name,
                                      substitute(dict(e.options), variables)) for e in evals),

@@ -320,3 +320,42 @@ def test_every_table_resolves_at_every_scale(registries):
         for scale in spec.scales:
             checked += len(resolve_table_runs(registries, key, scale))
     assert len(list(registries.table)) >= 13 and checked > 100
+
+
+def test_a_group_of_tables_inside_a_product_sweep_varies_together(tmp_path):
+    """`{ seed = [1, 2], length = [{ tag = "a", iterations = 2, ... }, { tag = "b", iterations = 3,
+    ... }] }` is four runs: every seed with each (tag, iterations) pair, never a mixed pair; an
+    override a variable leaves empty is dropped."""
+    from coopcore.tablespec import load_table_spec, plan_runs
+
+    runs = f"""
+[[runs]]
+id = "ours-{{tag}}-s{{seed}}"
+recipe = "coopnets-digits"
+set = {_toml_list([*TINY, "run.seed={seed}", "run.iterations={iterations}", "{extra}"])}
+sweep = {{ seed = [1, 2], length = [{{ tag = "a", iterations = 2, extra = "run.sample_count=9" }}, {{ tag = "b", iterations = 3, extra = "" }}] }}
+[runs.scales.smoke]
+"""
+    cells = """
+[[cells]]
+row = "Ours"
+column = "LL"
+run = "ours-a-s*"
+metric = "ll"
+aggregate = "mean"
+"""
+    spec = load_table_spec(write_spec(tmp_path / "spec.toml", runs, cells))
+    planned = {p.id: p for p in plan_runs(spec, "smoke")}
+    assert sorted(planned) == ["ours-a-s1", "ours-a-s2", "ours-b-s1", "ours-b-s2"]
+    for run_id, p in planned.items():
+        tag, seed = run_id.split("-")[1], int(run_id[-1])
+        assert p.variables == {"seed": seed, "tag": tag, "iterations": {"a": 2, "b": 3}[tag],
+                               "extra": {"a": "run.sample_count=9", "b": ""}[tag]}
+        assert f"run.iterations={p.variables['iterations']}" in p.overrides
+        # An override left empty by its variable is dropped; the other variant keeps its own.
+        assert "" not in p.overrides
+        assert ("run.sample_count=9" in p.overrides) == (tag == "a")
+
+    broken = runs.replace('{ tag = "b", iterations = 3, extra = "" }', '{ tag = "b", extra = "" }')
+    spec_path = write_spec(tmp_path / "broken.toml", broken, cells)
+    assert run_cli(["repro", spec_path, "--out", tmp_path / "out", "--no-progress"]) == 2

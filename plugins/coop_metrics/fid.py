@@ -198,7 +198,9 @@ class InceptionMetricOptions:
     # Sample kind from the objective: "revised" (Langevin-revised), "generator", ...
     samples: str = "revised"
     n_samples: int = attrs.field(default=50000, validator=positive)
-    backend: Literal["fid-helper", "torch-fidelity"] = "fid-helper"
+    # Feature network: "fid-helper" (offline TF-Inception), "torch-fidelity", or "pixels" (no
+    # network: the Frechet distance on raw pixels, for pipeline checks; not comparable with FID).
+    backend: Literal["fid-helper", "torch-fidelity", "pixels"] = "fid-helper"
     # Path to the network file (fid-helper: default_1.pt; torch-fidelity: its .pth); "none" = find it.
     weights: Optional[str] = None
     # Images per forward pass of the feature network.
@@ -454,9 +456,9 @@ class InceptionScore:
 
     def compute(self, context: EvalContext) -> MetricResult:
         o = self.options
-        if o.backend == "fid-helper":
+        if o.backend in ("fid-helper", "pixels"):
             raise UsageError(
-                "inception_score needs the Inception logits; the fid-helper backend's network stops at pool3. "
+                f"inception_score needs the Inception logits; the {o.backend} backend has none. "
                 "Use --set backend='torch-fidelity' (with its weights cached or --set weights=PATH)."
             )
         backend = load_backend(o.backend, o.weights, context.device, context.progress)

@@ -51,7 +51,11 @@ TORCH_FIDELITY_FILE = "weights-inception-2015-12-05-6726825d.pth"
 TORCH_FIDELITY_HASH_PREFIX = "6726825d"  # torch.hub naming convention: the sha256 prefix
 TORCH_FIDELITY_ENV = "COOP_TORCH_FIDELITY_WEIGHTS"
 
-BACKENDS = ("fid-helper", "torch-fidelity")
+BACKENDS = ("fid-helper", "torch-fidelity", "pixels")
+# "pixels": no feature network; the features are the 8-bit RGB pixels at the images' own size,
+# scaled to [0, 1].  The Frechet distance on them is cheap and needs no weights file, which suits
+# pipeline checks on tiny images (the `smoke` scale of some tables); it is not comparable with
+# any published FID.
 
 
 # ---------------------------------------------------------------------------------------
@@ -209,12 +213,16 @@ class InceptionBackend:
 
     @property
     def label(self) -> str:
+        if self.name == "pixels":
+            return "pixels (no feature network: RGB pixels in [0, 1] at the images' size)"
         return f"{self.name} {NETWORK} pool3 ({self.weights.name} sha256:{self.sha256[:12]})"
 
     def __call__(self, images_u8: Tensor) -> tuple[Tensor, Optional[Tensor]]:
         with torch.inference_mode():
             pool3, logits = self.forward(images_u8.to(self.device))
-        if pool3.dim() != 2 or pool3.shape != (images_u8.shape[0], self.feature_dim):
+        # feature_dim 0: any width (the pixel features' width is the image size).
+        if pool3.dim() != 2 or pool3.shape[0] != images_u8.shape[0] or (
+                self.feature_dim and pool3.shape[1] != self.feature_dim):
             raise UsageError(
                 f"{self.name} backend: {self.weights} produced features of shape {tuple(pool3.shape)}, "
                 f"expected [{images_u8.shape[0]}, {self.feature_dim}]: this is not the pool3 Inception network"
@@ -303,6 +311,10 @@ def load_backend(name: str, weights: Optional[str] = None, device: torch.device 
     device = torch.device(device)
     if name == "fid-helper":
         backend = _load_fid_helper(weights, device)
+    elif name == "pixels":
+        backend = InceptionBackend("pixels", Path("none"), "none", False,
+                                   lambda u8: (u8.flatten(1).to(torch.float32) / 255.0, None), device,
+                                   notes={"input": "uint8 RGB / 255, no resizing"}, feature_dim=0)
     elif name == "torch-fidelity":
         backend = _load_torch_fidelity(weights, device)
         if not backend.notes["sha256_matches_file_name"]:
