@@ -44,7 +44,10 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError(f"COOP_TEST_PASS must be fast or golden, got {which!r}")
     keep, drop = [], []
     for item in items:
-        golden = bool(_REGRESSION_FIXTURES & set(getattr(item, "fixturenames", ())))
+        # A test marked `golden` by hand goes with them too (one that reads the golden tests'
+        # runs, so that they are trained once, in one pass).
+        golden = (bool(_REGRESSION_FIXTURES & set(getattr(item, "fixturenames", ())))
+                  or item.get_closest_marker("golden") is not None)
         if golden:
             item.add_marker(pytest.mark.golden)
         (drop if which and golden != (which == "golden") else keep).append(item)
