@@ -1,0 +1,1 @@
+"""The paper-table specs this plugin registers for `coop repro` (package data; docs/repro.md)."""
