@@ -108,6 +108,23 @@ def assert_identical(a, b, path="state"):
         assert a == b, path
 
 
+def straight_and_split_runs_agree(train, tmp_path: Path, total: int = 5, split: int = 2) -> list[dict]:
+    """Train `total` iterations straight, and `split` then resumed to `total` (`train(iterations,
+    out, resume=False)`): the final checkpoints agree bit for bit.  Returns the straight run's
+    logged scalars."""
+    import json
+
+    from coopcore.checkpoint import load_checkpoint
+
+    straight = train(total, tmp_path / "straight")
+    train(split, tmp_path / "split")
+    resumed = train(total, tmp_path / "split", resume=True)
+    a, b = load_checkpoint(straight.checkpoint), load_checkpoint(resumed.checkpoint)
+    for key in ("models", "optimizers", "objective", "iteration", "images_seen"):
+        assert_identical(a[key], b[key], key)
+    return [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+
+
 def step_on_first_examples(exp, n: int, steps: int, seed: int = 0) -> tuple[list[dict], dict]:
     """`steps` objective steps of a built experiment on its first `n` examples with one seeded
     generator: each step's scalars (cloned) and the objective's state afterwards."""

@@ -32,7 +32,7 @@ from coopcore.experiment import resolve_data
 from coopcore.registry import NoOptions
 from coopcore.run import train as train_run
 
-from conftest import assert_identical, run_cli
+from conftest import run_cli, straight_and_split_runs_agree
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -481,19 +481,11 @@ def _coopinit_config(iterations: int) -> dict:
 
 
 def test_tiny_conditional_coopinit_runs_both_stages_and_resumes_bit_exactly(tmp_path, registries):
-    from coopcore.checkpoint import load_checkpoint
-
     def train(iterations: int, out: Path, resume: bool = False):
         return train_run(resolve_data(_coopinit_config(iterations), registries=registries), out, resume=resume,
                          progress=False, echo=lambda m: None, registries=registries)
 
-    straight = train(5, tmp_path / "straight")
-    train(2, tmp_path / "split")
-    resumed = train(5, tmp_path / "split", resume=True)
-    a, b = load_checkpoint(straight.checkpoint), load_checkpoint(resumed.checkpoint)
-    for key in ("models", "optimizers", "objective", "iteration", "images_seen"):
-        assert_identical(a[key], b[key], key)
-    log = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    log = straight_and_split_runs_agree(train, tmp_path)
     assert [r["stage"] for r in log] == [0.0, 0.0, 0.0, 1.0, 1.0]
     assert log == [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(v) for r in log for v in r.values())

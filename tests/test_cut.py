@@ -11,13 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from coopcore.checkpoint import load_checkpoint
 from coopcore.contract import check_entry
 from coopcore.errors import UsageError
 from coopcore.experiment import resolve, resolve_data
 from coopcore.run import train as train_run
 
-from conftest import assert_identical, run_cli
+from conftest import run_cli, straight_and_split_runs_agree
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -360,13 +359,7 @@ def test_coopinit_cut_resumes_bit_exactly(tmp_path, registries):
         r = resolve_data(_tiny_recipe("coopinit.cut", opts, data, iterations), registries=registries)
         return train_run(r, out, resume=resume, progress=False, echo=lambda m: None, registries=registries)
 
-    straight = train(5, tmp_path / "straight")
-    train(2, tmp_path / "split")
-    resumed = train(5, tmp_path / "split", resume=True)
-    a, b = load_checkpoint(straight.checkpoint), load_checkpoint(resumed.checkpoint)
-    for key in ("models", "optimizers", "objective", "iteration", "images_seen"):
-        assert_identical(a[key], b[key], key)
-    stages = [json.loads(x)["stage"] for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    stages = [row["stage"] for row in straight_and_split_runs_agree(train, tmp_path)]
     assert stages == [0.0, 0.0, 0.0, 1.0, 1.0]
 
 

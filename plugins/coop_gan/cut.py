@@ -73,6 +73,8 @@ from coopcore import (
     positive,
 )
 
+from .objective import frozen_parameters
+
 # ---------------------------------------------------------------------------------------
 # building blocks
 
@@ -548,23 +550,6 @@ def _center(x: Tensor, crop: int) -> Tensor:
     return x[..., top:top + crop, left:left + crop]
 
 
-class _requires_grad_off:
-    """No parameter of `module` requires grad inside the block (restored on exit)."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.params = list(module.parameters())
-        self.flags: list[bool] = []
-
-    def __enter__(self) -> None:
-        self.flags = [p.requires_grad for p in self.params]
-        for p in self.params:
-            p.requires_grad_(False)
-
-    def __exit__(self, *exc: object) -> None:
-        for p, f in zip(self.params, self.flags):
-            p.requires_grad_(f)
-
-
 def _cycled(n: int, total: int) -> Tensor:
     return torch.arange(n) % total
 
@@ -721,7 +706,7 @@ class Cut:
         loss_d.backward()
         self.opt_d.step()
         # G (+ projection head): adversarial term on the updated D, then PatchNCE.
-        with _requires_grad_off(self.descriptor):
+        with frozen_parameters(self.descriptor):
             loss_gan = gan_g_loss(o.gan_mode, self.descriptor.patch_logits(fake)) * o.lambda_gan
             if o.nce_weight > 0:
                 nce, terms = self.nce_terms(x, fake, y, idt, generator, flipped)
@@ -816,7 +801,7 @@ class CoopInitCut(Cut):
     def revise(self, x_init: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """T Langevin steps x <- x + eta grad f(x) + noise_std N(0, I) from x_init."""
         o = self.options
-        with _requires_grad_off(self.descriptor):
+        with frozen_parameters(self.descriptor):
             out = langevin_dynamics(self.descriptor.score, x_init, generator, n_steps=o.langevin_steps,
                                     drift=o.eta, noise_std=self.noise_std)
         return out.samples.detach(), -out.energies, out.grad_norms
