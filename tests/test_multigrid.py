@@ -177,7 +177,7 @@ def test_batch_statistics_descriptor_is_blind_to_scale_about_its_origin():
     assert torch.allclose(model.score(0.5 * y), model.score(y), rtol=1e-3, atol=1e-3)
     y.requires_grad_(True)
     (grad,) = torch.autograd.grad(model.score(y).sum(), y)
-    assert abs(float((grad * y.detach()).sum())) < 1e-3 * float(grad.norm() * y.norm())
+    assert abs(float((grad * y.detach()).sum())) < 1e-3 * float(grad.norm() * y.detach().norm())
 
 
 def test_origin_shifts_what_the_descriptors_see():
