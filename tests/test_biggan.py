@@ -386,15 +386,17 @@ def test_cifar_recipe_has_the_authors_settings(registries):
     from coopcore.experiment import resolve
 
     cfg = resolve(RECIPES / "biggan-cifar10.toml", registries=registries).to_data()
-    assert cfg["data"]["batch_size"] == 50
+    # 4 D steps per G step, each on its own 50 real images: 200 per iteration, split
+    assert cfg["data"]["batch_size"] == 200
     assert {o["lr"] for o in cfg["optimizers"].values()} == {2e-4}
     assert {tuple(o["betas"]) for o in cfg["optimizers"].values()} == {(0.0, 0.999)}
     o = cfg["objective"]["options"]
-    assert (o["loss"], o["d_steps"]) == ("hinge", 4)
-    # EMA decay 0.9999 per generator step of 50 images
-    assert 0.5 ** (50 / (o["g_ema_kimg"] * 1000)) == pytest.approx(0.9999, abs=1e-9)
+    assert (o["loss"], o["d_steps"], o["d_batches"]) == ("hinge", 4, "split")
+    # EMA decay 0.9999 per generator step (200 images consumed), a copy for the first 1,000 steps
+    assert 0.5 ** (200 / (o["g_ema_kimg"] * 1000)) == pytest.approx(0.9999, abs=1e-9)
+    assert o["g_ema_start_kimg"] * 1000 == 1000 * 200
     # 500 epochs of 50,000 images at 200 real images per generator step
-    assert cfg["run"]["iterations"] == 500 * 50_000 // (50 * 4)
+    assert cfg["run"]["iterations"] == 500 * 50_000 // 200
 
 
 # --- short training runs on the digits --------------------------------------------------------

@@ -17,7 +17,7 @@ from coop_gan.losses import (
     r1_due,
     r1_penalty,
 )
-from coopcore import Batch, Objective
+from coopcore import Batch, Objective, UsageError
 from coopcore.plugin_manager import load_registries
 
 
@@ -283,6 +283,45 @@ def test_gan_ema_samples_and_state():
     fresh, _, _ = _tiny_gan({"loss": "hinge", "g_ema_kimg": 0.01, "g_ema_rampup": "none"})
     fresh.load_state_dict(state)
     assert all(torch.equal(a, b) for a, b in zip(fresh.tracker.ema.module.parameters(), ema.parameters()))
+
+
+def test_split_real_batches_give_each_d_update_its_own_part(monkeypatch):
+    """d_batches = "split": the k-th of d_steps D updates sees the k-th part of the batch, and G
+    generates a part's worth; "same" shows every update the whole batch.  A batch that does not
+    divide is refused with the fix in the message."""
+    from coop_gan.objective import Adversarial
+
+    for mode, d_steps, sizes, g_n in (("split", 3, [2, 2, 2], 2), ("same", 2, [6, 6], 6)):
+        obj, _, _ = _tiny_gan({"loss": "hinge", "d_steps": d_steps, "d_batches": mode, "g_ema_kimg": 0.0})
+        seen, g_sizes = [], []
+        d_update, g_update = Adversarial.d_update, Adversarial.g_update
+        monkeypatch.setattr(Adversarial, "d_update",
+                            lambda self, x, gen, y=None: (seen.append(x.clone()), d_update(self, x, gen, y))[1])
+        monkeypatch.setattr(Adversarial, "g_update",
+                            lambda self, n, gen, y=None: (g_sizes.append(n), g_update(self, n, gen, y))[1])
+        batch = _batch()
+        obj.step(batch, torch.Generator().manual_seed(0))
+        monkeypatch.undo()
+        assert [x.shape[0] for x in seen] == sizes and g_sizes == [g_n]
+        assert torch.equal(torch.cat(seen) if mode == "split" else seen[0], batch.x)
+        assert obj.state_dict()["images"] == 6 and obj.state_dict()["d_updates"] == d_steps
+    bad, _, _ = _tiny_gan({"loss": "hinge", "d_steps": 4, "d_batches": "split", "g_ema_kimg": 0.0})
+    with pytest.raises(UsageError, match="multiple of 4"):
+        bad.step(_batch(), torch.Generator().manual_seed(0))
+
+
+def test_ema_copies_the_generator_until_its_start():
+    from coop_gan.ema import ema_beta
+
+    assert ema_beta(50, 199_950, 346.556, None, start_kimg=200.0) == 0.0
+    assert ema_beta(50, 200_000, 346.556, None, start_kimg=200.0) == pytest.approx(0.9999, abs=1e-8)
+    obj, _, g = _tiny_gan({"loss": "hinge", "g_ema_kimg": 0.01, "g_ema_rampup": "none", "g_ema_start_kimg": 0.012})
+    gen = torch.Generator().manual_seed(0)
+    obj.step(_batch(), gen)  # 6 images < 12: a copy
+    assert all(torch.equal(a, b) for a, b in zip(obj.tracker.ema.module.parameters(), g.parameters()))
+    obj.step(_batch(), gen)  # 12 images: from here on an average
+    obj.step(_batch(), gen)
+    assert not all(torch.equal(a, b) for a, b in zip(obj.tracker.ema.module.parameters(), g.parameters()))
 
 
 def test_gan_step_is_reproducible():

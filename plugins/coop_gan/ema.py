@@ -4,6 +4,8 @@ After every generator update, G_ema <- beta G_ema + (1 - beta) G with a half-lif
 images (StyleGAN2-ADA's `ema_kimg`): beta = 0.5 ** (batch / ema_nimg).  With a ramp-up r the
 half-life is min(ema_kimg * 1000, r * images_seen), so early in training the average follows
 the generator closely (StyleGAN2-ADA's `ema_rampup`; its `cifar` config: ema_kimg 500, r 0.05).
+With a start s (BigGAN's `ema_start`, in iterations there) the average is a copy of the
+generator until s thousand images have been seen, and averages from then on.
 Buffers (e.g. BatchNorm statistics) are copied, not averaged, as in StyleGAN2-ADA.
 
 The average lives in a deep copy of the generator, so `samples()` can draw from it with the
@@ -18,8 +20,13 @@ import torch
 from torch import nn
 
 
-def ema_beta(batch: int, images_seen: int, ema_kimg: float, rampup: Optional[float]) -> float:
-    """The EMA decay for one update of `batch` images after `images_seen` images."""
+def ema_beta(batch: int, images_seen: int, ema_kimg: float, rampup: Optional[float],
+             start_kimg: float = 0.0) -> float:
+    """The EMA decay for one update of `batch` images after `images_seen` images (this update's
+    included); 0 (the average copies the generator) while fewer than `start_kimg` thousand images
+    have been seen (BigGAN's `ema_start`)."""
+    if images_seen < start_kimg * 1000.0:
+        return 0.0
     nimg = ema_kimg * 1000.0
     if rampup is not None:
         nimg = min(nimg, images_seen * rampup)

@@ -25,7 +25,8 @@ Choices where the papers are silent or where we depart from StyleGAN2-ADA's code
   Adam untouched).  So the rescaling is part of the base model's effective settings, not a
   correction for the extra step: `lazy_adam_intervals = [4, 16]` reproduces it on the
   optimisers the recipe builds; the default [0, 0] leaves them as written.
-- The same real batch serves every D update of an iteration (d_steps > 1).
+- The real images of the d_steps > 1 D updates of an iteration: by default the same batch for
+  every update; `d_batches = "split"` gives each update its own part of the batch (BigGAN).
 - WGAN with weight clipping (Arjovsky et al. 2017, Algorithm 1): `weight_clip = c` clamps every
   discriminator parameter to [-c, c] right after each discriminator step (the paper: c = 0.01,
   RMSprop lr 5e-5, n_critic = `d_steps` = 5).  It clamps *every* parameter, biases and any
@@ -63,7 +64,7 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from coopcore import Batch, Parts, StepResult, non_negative, positive
+from coopcore import Batch, Parts, StepResult, UsageError, non_negative, positive
 from coopcore.conditioning import FAKE_LABEL_MODES, balanced_labels, draw_labels, is_conditional, run_classes
 
 from .ada import Ada, AdaOptions
@@ -115,6 +116,9 @@ class EmaOptions:
     # Half-life = min(g_ema_kimg * 1000, g_ema_rampup * images seen); "none" = no ramp-up.
     # StyleGAN2-ADA `cifar`: 0.05.
     g_ema_rampup: Optional[float] = attrs.field(default=0.05, validator=_optional_non_negative)
+    # Until this many thousand images have been seen the average copies the generator, then it
+    # averages (BigGAN's `ema_start`, counted there in iterations).  0 = average from the start.
+    g_ema_start_kimg: float = attrs.field(default=0.0, validator=non_negative)
 
 
 @attrs.frozen(kw_only=True)
@@ -153,6 +157,11 @@ class GanOptions(EmaOptions):
     r1_interval: int = attrs.field(default=1, validator=positive)
     # Discriminator updates per generator update (WGAN papers use 5; StyleGAN2 1).
     d_steps: int = attrs.field(default=1, validator=positive)
+    # The real images of the d_steps D updates: "same" = the iteration's whole batch for every
+    # update; "split" = the batch cut into d_steps equal parts, one per update, and the G update
+    # generates a part's worth (BigGAN's code: batch_size x num_D_steps real images per G step).
+    # With "split" the batch size must be a multiple of d_steps.
+    d_batches: Literal["same", "split"] = attrs.field(default="same", validator=attrs.validators.in_(("same", "split")))
     # WGAN weight clipping: after every discriminator step each of its parameters is clamped to
     # [-weight_clip, weight_clip] (Arjovsky et al.: 0.01); "none" = off.
     weight_clip: Optional[float] = attrs.field(default=None, validator=_optional_positive)
@@ -393,11 +402,12 @@ class Adversarial:
         return loss_g.detach()
 
     def step(self, x_real: Tensor, generator: torch.Generator, y_real: Optional[Tensor] = None) -> StepResult:
-        """`d_steps` D updates on the same real batch (and its labels `y_real` when conditional),
-        then one G update."""
-        for _ in range(self.options.d_steps):
-            d = self.d_update(x_real, generator, y_real)
-        loss_g = self.g_update(x_real.shape[0], generator, y_real)
+        """`d_steps` D updates on the real batch (and its labels `y_real` when conditional), the
+        same batch each time or one part of it each (`d_batches`), then one G update."""
+        xs, ys = self.d_batches(x_real, y_real)
+        for x_k, y_k in zip(xs, ys):
+            d = self.d_update(x_k, generator, y_k)
+        loss_g = self.g_update(xs[-1].shape[0], generator, ys[-1])
         scalars = {"loss_d": d["loss_d"], "loss_g": loss_g, "d_real": d["d_real"].mean(),
                    "d_fake": d["d_fake"].mean(), "gp": d["gp"], "r1": d["r1"]}
         if "zcr_d" in d:
@@ -406,6 +416,19 @@ class Adversarial:
         if self.ada is not None:
             scalars["augment_p"] = torch.tensor(self.ada.p, device=x_real.device)
         return StepResult(scalars=scalars, histograms={"d_real": d["d_real"], "d_fake": d["d_fake"]})
+
+    def d_batches(self, x_real: Tensor, y_real: Optional[Tensor]) -> tuple[list[Tensor], list[Optional[Tensor]]]:
+        """The real images (and labels) of each of the iteration's D updates."""
+        k = self.options.d_steps
+        if self.options.d_batches == "same":
+            return [x_real] * k, [y_real] * k
+        n = x_real.shape[0]
+        if n % k:
+            raise UsageError(f"objective option d_batches = \"split\" cuts each batch into d_steps = {k} equal parts, "
+                             f"but the batch has {n} images: set data.batch_size to a multiple of {k}")
+        xs = list(x_real.split(n // k))
+        ys = [None] * k if y_real is None else list(y_real.split(n // k))
+        return xs, ys
 
     def ada_state(self) -> dict[str, Any]:
         """ADA's part of the objective's state ({"ada": p and the r_t accumulator}); empty when
@@ -433,7 +456,8 @@ class EmaTracker:
         self.images += batch_size
         if self.ema is not None:
             o = self.options
-            self.ema.update(self.generator, ema_beta(batch_size, self.images, o.g_ema_kimg, o.g_ema_rampup))
+            self.ema.update(self.generator, ema_beta(batch_size, self.images, o.g_ema_kimg, o.g_ema_rampup,
+                                                     o.g_ema_start_kimg))
 
     def sample_labels(self, n: int, device: torch.device, labels: Optional[Tensor] = None) -> Optional[Tensor]:
         """The labels of `n` samples of a conditional generator: `labels` when given (int64 [n]),
