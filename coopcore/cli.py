@@ -202,17 +202,15 @@ def sample_cmd(run: Path, n: int, out: Optional[Path], seed: int, device: Option
 def _sample_labels(exp: Any, run: Path, n: int, label: int) -> Any:
     """`n` copies of class `label` for `coop sample --label`, after checking that the run is
     conditional, that its objective samples given labels and that the class exists."""
-    import inspect
-
     import torch
 
-    from .conditioning import run_classes
+    from .conditioning import run_classes, samples_take_labels
 
     k = run_classes(exp.parts.models.values())
     if k == 0:
         raise UsageError(f"--label {label}: {run} is not a conditional run (none of its models has n_classes > 0); "
                          "leave --label out")
-    if "labels" not in inspect.signature(exp.objective.samples).parameters:
+    if not samples_take_labels(exp.objective):
         raise UsageError(f"--label: objective '{exp.resolved.objective.name}' cannot sample given labels "
                          "(its samples() has no `labels` argument)")
     if label >= k:

@@ -94,6 +94,30 @@ def balanced_labels(n: int, classes: int, device: torch.device) -> Tensor:
     return torch.arange(n, device=device) % classes
 
 
+def sample_labels(n: int, classes: int, device: torch.device, labels: Optional[Tensor] = None,
+                  who: str = "the model") -> Optional[Tensor]:
+    """The labels of `n` samples: `labels` (any integer sequence, read as int64 [n]) when given,
+    else `balanced_labels`; None when `classes` is 0, where given labels are refused (`who`
+    names what is unconditional in the message)."""
+    if not classes:
+        if labels is not None:
+            raise ValueError(f"labels were given, but {who} is unconditional (n_classes = 0)")
+        return None
+    if labels is None:
+        return balanced_labels(n, classes, device)
+    labels = torch.as_tensor(labels, dtype=torch.long, device=device).reshape(-1)
+    if labels.shape[0] != n:
+        raise ValueError(f"{labels.shape[0]} labels for {n} samples")
+    return labels
+
+
+def samples_take_labels(objective: Any) -> bool:
+    """Whether `objective.samples` accepts a ``labels`` keyword (sampling given classes)."""
+    import inspect
+
+    return "labels" in inspect.signature(objective.samples).parameters
+
+
 def dataset_labels_problem(dataset: Any) -> Optional[str]:
     """Why `dataset` cannot give labels (None when it can): no ``get_labels``, or one that
     fails on the first example."""
@@ -149,5 +173,6 @@ def check_dataset_labels(dataset: Any, models: Mapping[str, Any], model_names: O
 
 __all__ = [
     "FAKE_LABEL_MODES", "FakeLabels", "balanced_labels", "check_dataset_labels", "dataset_labels_problem",
-    "draw_labels", "is_conditional", "n_classes", "require_labels", "run_classes",
+    "draw_labels", "is_conditional", "n_classes", "require_labels", "run_classes", "sample_labels",
+    "samples_take_labels",
 ]

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import check_plain
-from .conditioning import is_conditional, n_classes, run_classes
+from .conditioning import balanced_labels, is_conditional, n_classes, run_classes, samples_take_labels
 from .errors import CheckpointError
 from .families import CONTRACT_FAMILIES
 from .families import family as family_spec
@@ -173,7 +173,7 @@ def check_generator(model: nn.Module, who: str = "generator", device: Optional[t
 def _contract_labels(model: Any, device: torch.device) -> Optional[Tensor]:
     """Labels 0, 1, ... (mod n_classes) for the contract's batch; None for an unconditional model."""
     k = n_classes(model)
-    return torch.arange(_BATCH, device=device) % k if k else None
+    return balanced_labels(_BATCH, k, device) if k else None
 
 
 def _check_label_path(call: Any, model: Any, who: str, what: str, device: torch.device) -> None:
@@ -189,7 +189,7 @@ def _check_label_path(call: Any, model: Any, who: str, what: str, device: torch.
         else:
             raise ContractViolation(f"{who}: is conditional (n_classes = {k}) but {what} accepted y=None; it must "
                                     "raise ValueError (coopcore.conditioning.require_labels)")
-        y = torch.arange(_BATCH, device=device) % k
+        y = balanced_labels(_BATCH, k, device)
         a, b = call(y), call(y.clone())
         _require(torch.equal(a, b), who, f"{what} is not deterministic for the same labels")
         if k > 1:
@@ -395,14 +395,12 @@ def _check_objective_example(registries: Any, name: str, example: Mapping[str, A
     named = obj.samples(3, _generator(99, device))
     _check_samples(named, who)
     if classes:
-        import inspect
-
-        _require("labels" in inspect.signature(obj.samples).parameters, who,
+        _require(samples_take_labels(obj), who,
                  "trains a conditional model, so samples() must accept `labels`")
         given = torch.full((3,), classes - 1, dtype=torch.long, device=device)
         _check_samples(obj.samples(3, _generator(99, device), labels=given), who)
         # classes i % n_classes by default: asking for exactly those labels gives the same samples
-        default = torch.arange(3, device=device) % classes
+        default = balanced_labels(3, classes, device)
         again = obj.samples(3, _generator(99, device), labels=default)
         _require(all(torch.equal(named[k], again[k]) for k in named), who,
                  "samples(n) must use the labels i % n_classes when none are given")

@@ -282,11 +282,16 @@ def _is_group(values: Any) -> bool:
     return isinstance(values, (list, tuple)) and bool(values) and all(isinstance(v, Mapping) for v in values)
 
 
+def _entry_variables(name: str, values: Any) -> list[str]:
+    """The variables one entry of a product sweep sets: a group's keys (sorted), else its name."""
+    return sorted({k for t in values for k in t}) if _is_group(values) else [name]
+
+
 def _variables(sweep: Sweep) -> list[str]:
     if isinstance(sweep, Mapping):
         names: list[str] = []
         for name, values in sweep.items():
-            for v in (sorted({k for t in values for k in t}) if _is_group(values) else [name]):
+            for v in _entry_variables(name, values):
                 if v not in names:
                     names.append(v)
         return names
@@ -310,7 +315,7 @@ def _check_sweep(sweep: Sweep, where: str, source: str) -> None:
                     and not _is_group(values):
                 raise ConfigError(f"{where}.sweep.{name}", "mixes tables and plain values: a group must be "
                                   "a list of tables only", source)
-            own = sorted({k for t in values for k in t}) if _is_group(values) else [name]
+            own = _entry_variables(name, values)
             twice = [v for v in own if v in seen]
             if twice:
                 raise ConfigError(f"{where}.sweep", f"variable '{twice[0]}' is set by two entries of the "

@@ -65,7 +65,7 @@ import torch
 from torch import Tensor, nn
 
 from coopcore import Batch, Parts, StepResult, UsageError, non_negative, positive
-from coopcore.conditioning import FAKE_LABEL_MODES, balanced_labels, draw_labels, is_conditional, run_classes
+from coopcore.conditioning import FAKE_LABEL_MODES, draw_labels, is_conditional, n_classes, run_classes, sample_labels
 
 from .ada import Ada, AdaOptions
 from .ema import GeneratorEMA, ema_beta
@@ -274,16 +274,7 @@ class Labels:
     def for_samples(self, n: int, device: torch.device, labels: Optional[Tensor] = None) -> Optional[Tensor]:
         """Labels of `n` samples: `labels` (int64 [n]) when given, else classes i % n_classes;
         None for an unconditional pair, which refuses labels."""
-        if not self.classes:
-            if labels is not None:
-                raise ValueError("labels were given, but neither model is conditional (n_classes = 0)")
-            return None
-        if labels is None:
-            return balanced_labels(n, self.classes, device)
-        labels = torch.as_tensor(labels, dtype=torch.long, device=device).reshape(-1)
-        if labels.shape[0] != n:
-            raise ValueError(f"{labels.shape[0]} labels for {n} samples")
-        return labels
+        return sample_labels(n, self.classes, device, labels, who="neither model")
 
     def generate(self, net: nn.Module, z: Tensor, y: Optional[Tensor]) -> Tensor:
         """G(z) or G(z, y) for a conditional generator."""
@@ -449,7 +440,6 @@ class EmaTracker:
         self.generator = generator
         self.images = 0  # training images consumed so far (CoopInit's N); checkpointed
         self.ema = GeneratorEMA(generator) if options.g_ema_kimg > 0 else None
-        self.conditional = is_conditional(generator)
 
     def after_step(self, batch_size: int) -> None:
         """Count the batch, then move the average towards the generator."""
@@ -462,16 +452,7 @@ class EmaTracker:
     def sample_labels(self, n: int, device: torch.device, labels: Optional[Tensor] = None) -> Optional[Tensor]:
         """The labels of `n` samples of a conditional generator: `labels` when given (int64 [n]),
         else classes i % n_classes; None for an unconditional generator, which refuses labels."""
-        if not self.conditional:
-            if labels is not None:
-                raise ValueError("labels were given, but the generator is unconditional (n_classes = 0)")
-            return None
-        if labels is None:
-            return balanced_labels(n, int(self.generator.n_classes), device)
-        labels = torch.as_tensor(labels, dtype=torch.long, device=device).reshape(-1)
-        if labels.shape[0] != n:
-            raise ValueError(f"{labels.shape[0]} labels for {n} samples")
-        return labels
+        return sample_labels(n, n_classes(self.generator), device, labels, who="the generator")
 
     def generate(self, net: nn.Module, z: Tensor, y: Optional[Tensor]) -> Tensor:
         return net(z) if y is None else net(z, y)
