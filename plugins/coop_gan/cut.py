@@ -68,11 +68,11 @@ from coopcore import (
     UsageError,
     all_positive,
     contrastive_update,
-    langevin_dynamics,
     non_negative,
     positive,
 )
 
+from .coopinit import langevin_revision
 from .objective import frozen_parameters
 
 # ---------------------------------------------------------------------------------------
@@ -802,9 +802,9 @@ class CoopInitCut(Cut):
         """T Langevin steps x <- x + eta grad f(x) + noise_std N(0, I) from x_init."""
         o = self.options
         with frozen_parameters(self.descriptor):
-            out = langevin_dynamics(self.descriptor.score, x_init, generator, n_steps=o.langevin_steps,
-                                    drift=o.eta, noise_std=self.noise_std)
-        return out.samples.detach(), -out.energies, out.grad_norms
+            samples, scores, norms = langevin_revision(self.descriptor.score, x_init, o.eta, o.langevin_steps,
+                                                       self.noise_std, generator)
+        return samples.detach(), scores, norms
 
     def coop_step(self, x: Tensor, y: Tensor, generator: torch.Generator) -> StepResult:
         o = self.options
